@@ -1,0 +1,59 @@
+import { Cap, GuestMemfdFlag, MemoryAttribute, VmType, type VmTypeName } from './raw/constants.js';
+import type { Handle, RawBackend } from './raw/types.js';
+
+/** What a KVM host (or one VM type on it) supports, decoded from KVM_CHECK_EXTENSION. */
+export interface Capabilities {
+  /** Scope the VM-dependent answers were read on: a VM type, or 'system' (/dev/kvm). */
+  scope: VmTypeName | number | 'system';
+  userMemory: boolean;
+  userMemory2: boolean;
+  guestMemfd: boolean;
+  guestMemfdFlags: { mmap: boolean; initShared: boolean; raw: bigint };
+  /** Supported memory attribute bits (KVM_MEMORY_ATTRIBUTE_PRIVATE = 8n), 0n when none. */
+  memoryAttributes: bigint;
+  /** Private memory (memory attributes with PRIVATE). */
+  privateMemory: boolean;
+  /** VM types the host can create. */
+  vmTypes: (VmTypeName | number)[];
+  vmTypesMask: number;
+  preFaultMemory: boolean;
+  memoryFaultInfo: boolean;
+  readonlyMem: boolean;
+  /** Address spaces for memslots (1 without SMM). */
+  addressSpaces: number;
+  /** KVM_CAP_NR_MEMSLOTS: user memslots per address space. */
+  maxMemslots: number;
+}
+
+export function decodeVmTypes(mask: number): (VmTypeName | number)[] {
+  const out: (VmTypeName | number)[] = [];
+  for (let t = 0; t < 32; t++) {
+    if (mask & (1 << t)) out.push((Object.keys(VmType) as VmTypeName[]).find((k) => VmType[k] === t) ?? t);
+  }
+  return out;
+}
+
+/** Reads the capabilities: system-wide ones on `sysFd`, VM-dependent ones on `vmFd` if given. */
+export function readCapabilities(raw: RawBackend, sysFd: Handle, vmFd: Handle | undefined, scope: Capabilities['scope']): Capabilities {
+  const on = vmFd ?? sysFd;
+  const c = (cap: number, fd = on) => raw.checkExtension(fd, cap);
+  const flags = BigInt(c(Cap.GUEST_MEMFD_FLAGS));
+  const attrs = BigInt(c(Cap.MEMORY_ATTRIBUTES));
+  const vmTypesMask = c(Cap.VM_TYPES, sysFd);
+  return {
+    scope,
+    userMemory: c(Cap.USER_MEMORY) > 0,
+    userMemory2: c(Cap.USER_MEMORY2) > 0,
+    guestMemfd: c(Cap.GUEST_MEMFD) > 0,
+    guestMemfdFlags: { mmap: (flags & GuestMemfdFlag.MMAP) !== 0n, initShared: (flags & GuestMemfdFlag.INIT_SHARED) !== 0n, raw: flags },
+    memoryAttributes: attrs,
+    privateMemory: (attrs & MemoryAttribute.PRIVATE) !== 0n,
+    vmTypes: decodeVmTypes(vmTypesMask === 0 ? 1 : vmTypesMask),
+    vmTypesMask,
+    preFaultMemory: c(Cap.PRE_FAULT_MEMORY) > 0,
+    memoryFaultInfo: c(Cap.MEMORY_FAULT_INFO) > 0,
+    readonlyMem: c(Cap.READONLY_MEM) > 0,
+    addressSpaces: Math.max(1, c(Cap.MULTI_ADDRESS_SPACE)),
+    maxMemslots: c(Cap.NR_MEMSLOTS),
+  };
+}

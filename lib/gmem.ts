@@ -1,0 +1,157 @@
+import { kvmError } from './errors.js';
+import { track, untrack } from './lifetime.js';
+import { Mapping } from './mapping.js';
+import type { GuestRange } from './memslots.js';
+import { Falloc, GuestMemfdFlag, Map as MapFlag, Prot } from './raw/constants.js';
+import type { Handle, RawBackend, RawStat } from './raw/types.js';
+import { checkFallocate } from './rules/gmem.js';
+import { violationError } from './rules/types.js';
+import { hex, toU64 } from './u64.js';
+import type { Vm } from './vm.js';
+
+/**
+ * A guest_memfd: a file of guest memory created by KVM_CREATE_GUEST_MEMFD on a VM. It can
+ * back several memslots at different offsets (each offset at most once), be allocated and
+ * punched, and, with mmap + initShared, be mapped by the host.
+ */
+export class GuestMemfd {
+  readonly vm: Vm;
+  /** Size in bytes (fixed at creation). */
+  readonly size: bigint;
+  /** Creation flags (GUEST_MEMFD_FLAG_*). */
+  readonly flags: bigint;
+  #raw: RawBackend;
+  #fd: Handle;
+  #closed = false;
+  #mappings = new Set<Mapping>();
+  /** The whole-file mapping that slots use when no `userspace` is given. */
+  #own: Mapping | undefined;
+
+  /** @internal use Vm.createGuestMemfd() */
+  constructor(vm: Vm, raw: RawBackend, fd: Handle, size: bigint, flags: bigint) {
+    this.vm = vm;
+    this.#raw = raw;
+    this.#fd = fd;
+    this.size = size;
+    this.flags = flags;
+    track(this, () => raw.close(fd));
+  }
+
+  get fd(): Handle {
+    this.#check('fd');
+    return this.#fd;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  /** GUEST_MEMFD_FLAG_MMAP: the host may mmap it. */
+  get mmapable(): boolean {
+    return (this.flags & GuestMemfdFlag.MMAP) !== 0n;
+  }
+  /** GUEST_MEMFD_FLAG_INIT_SHARED: its pages start shared, so the host may touch them. */
+  get initShared(): boolean {
+    return (this.flags & GuestMemfdFlag.INIT_SHARED) !== 0n;
+  }
+
+  #check(syscall: string): void {
+    if (this.#closed) throw kvmError('EBADF', { syscall }, 'guest_memfd is closed');
+  }
+
+  #fallocate(mode: number, offset: unknown, length: unknown): [bigint, bigint] {
+    this.#check('fallocate');
+    const off = toU64(offset, 'offset');
+    const len = toU64(length, 'length');
+    try {
+      this.#raw.fallocate(this.#fd, mode, off, len);
+    } catch (e) {
+      // Explain the kernel's refusal with the rule it applied (same code; kernel errno kept).
+      const v = checkFallocate(mode, off, len, this.size, BigInt(this.#raw.pageSize));
+      if (v && (e as { code?: string }).code === v.code) throw violationError(v, { syscall: 'fallocate' });
+      throw e;
+    }
+    return [off, len];
+  }
+
+  /** fallocate(FALLOC_FL_KEEP_SIZE): allocates [offset, offset + length). */
+  allocate(offset: bigint | number, length: bigint | number): void {
+    this.#fallocate(Falloc.KEEP_SIZE, offset, length);
+  }
+
+  /**
+   * fallocate(PUNCH_HOLE | KEEP_SIZE): frees [offset, offset + length), which then reads as
+   * zeros from the host and the guest. Returns the guest frame ranges the punch invalidated
+   * (one per memslot bound to an overlapping file range, clamped at both ends); the VM also
+   * emits them as an 'invalidate' event.
+   */
+  punchHole(offset: bigint | number, length: bigint | number): GuestRange[] {
+    const [off, len] = this.#fallocate(Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, offset, length);
+    const ranges = this.vm.memslots.guestRanges(this, off, off + len);
+    if (ranges.length) this.vm.emit('invalidate', { guestMemfd: this, offset: off, length: len, ranges });
+    return ranges;
+  }
+
+  /**
+   * Maps [offset, offset + length) shared (default: the whole file). Refused when the pages
+   * are not host-accessible (no initShared: a touch would SIGBUS) and past the file's end.
+   * A gmem created without mmap gets the kernel's ENODEV.
+   */
+  map(options: { offset?: bigint | number; length?: bigint | number } = {}): Mapping {
+    this.#check('mmap');
+    if (typeof options !== 'object' || options === null) throw new TypeError('map options must be an object');
+    const offset = options.offset === undefined ? 0n : toU64(options.offset, 'offset');
+    const length = options.length === undefined ? (offset < this.size ? this.size - offset : 0n) : toU64(options.length, 'length');
+    if (offset + length > this.size) {
+      throw new RangeError(`map [${hex(offset)}, ${hex(offset + length)}) extends past the end of the guest_memfd (${hex(this.size)}); bytes there would fault`);
+    }
+    if (this.mmapable && !this.initShared) {
+      throw kvmError('EFAULT', { syscall: 'mmap' }, 'this guest_memfd was created without initShared: its pages are private to the guest and any host access would fault');
+    }
+    const { buffer, address } = this.#raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
+    const m = new Mapping(this, this.#raw, buffer, address, offset, length);
+    this.#mappings.add(m);
+    return m;
+  }
+
+  /** @internal The whole-file mapping used as a slot's userspace memory by default. */
+  _ownMapping(): { mapping: Mapping; created: boolean } {
+    if (this.#own && !this.#own.closed) return { mapping: this.#own, created: false };
+    this.#own = this.map();
+    return { mapping: this.#own, created: true };
+  }
+
+  /** @internal a Mapping was unmapped */
+  _forget(m: Mapping): void {
+    this.#mappings.delete(m);
+    if (this.#own === m) this.#own = undefined;
+  }
+
+  /** fstat(2) of the file. */
+  stat(): RawStat {
+    this.#check('fstat');
+    return this.#raw.fstat(this.#fd);
+  }
+
+  /**
+   * Unmaps its mappings and closes the fd (idempotent). Refused with EBUSY while one of its
+   * mappings is a memslot's memory. Slots bound with no host mapping may outlive the file, as
+   * in the kernel (a guest access there then exits with a memory fault).
+   */
+  close(): void {
+    if (this.#closed) return;
+    const pinned = [...this.#mappings].flatMap((m) => m.slots);
+    if (pinned.length) {
+      throw kvmError('EBUSY', { syscall: 'close' }, `guest_memfd memory is in use by memslot ${pinned.map((s) => s.id).join(', ')}; delete the slot first`, {
+        conflict: { slot: pinned[0]!.id, asId: pinned[0]!.asId },
+      });
+    }
+    for (const m of [...this.#mappings]) m.close();
+    untrack(this);
+    this.#closed = true;
+    this.vm._forgetGmem(this);
+    this.#raw.close(this.#fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,173 @@
+import { readCapabilities, type Capabilities } from './capabilities.js';
+import { KvmError, kvmError } from './errors.js';
+import { track, untrack } from './lifetime.js';
+import { VmType, type VmTypeName } from './raw/constants.js';
+import { nativeBackend } from './raw/native.js';
+import type { Handle, RawBackend } from './raw/types.js';
+import { toBool, toInt, typeName } from './u64.js';
+import { Vm } from './vm.js';
+
+export type BackendName = 'auto' | 'kvm' | 'simulated';
+
+export interface OpenKvmOptions {
+  /** 'auto' (default, or KVM_GMEM_BACKEND): the kernel when the device opens. */
+  backend?: BackendName;
+  /** Device path, default /dev/kvm. */
+  path?: string;
+  /**
+   * Check the books (slot and range conflicts) before asking the kernel, so the error names
+   * what is in the way (default true). With false every call goes to the backend, which is
+   * how the conformance suite asserts the kernel's own answer.
+   */
+  precheck?: boolean;
+  /** A RawBackend to use instead of the built-in ones (tests, instrumentation). */
+  raw?: RawBackend;
+}
+
+export interface VmOptions {
+  /** 'default', 'sw-protected', ... or a raw KVM_CREATE_VM type number. */
+  type?: VmTypeName | number;
+}
+
+const BACKENDS: readonly BackendName[] = ['auto', 'kvm', 'simulated'];
+
+/** Access to KVM: the /dev/kvm handle, its capabilities, and VM creation. */
+export class Kvm {
+  /** Which backend answers: the kernel, or the simulator. */
+  readonly backend: 'kvm' | 'simulated';
+  /** Why 'auto' did not pick the kernel (e.g. 'ENOENT: /dev/kvm'); undefined otherwise. */
+  readonly fallbackReason: string | undefined;
+  readonly path: string;
+  /** KVM_GET_API_VERSION (12). */
+  readonly apiVersion: number;
+  readonly raw: RawBackend;
+  readonly precheck: boolean;
+  #fd: Handle;
+  #closed = false;
+  #vms = new Set<Vm>();
+
+  /** @internal use openKvm() */
+  constructor(raw: RawBackend, fd: Handle, path: string, precheck: boolean, fallbackReason?: string) {
+    this.raw = raw;
+    this.backend = raw.kind;
+    this.#fd = fd;
+    this.path = path;
+    this.precheck = precheck;
+    this.fallbackReason = fallbackReason;
+    this.apiVersion = raw.getApiVersion(fd);
+    track(this, () => raw.close(fd));
+  }
+
+  get fd(): Handle {
+    if (this.#closed) throw kvmError('EBADF', { syscall: 'ioctl' }, `${this.path} is closed`);
+    return this.#fd;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  get pageSize(): number {
+    return this.raw.pageSize;
+  }
+
+  /** KVM_CHECK_EXTENSION on /dev/kvm: the kernel's raw answer. */
+  checkExtension(cap: number): number {
+    return this.raw.checkExtension(this.fd, toInt(cap, 'cap', -(2 ** 31), 2 ** 31 - 1));
+  }
+
+  /**
+   * Typed capabilities, read on a VM of `vmType` (default 'default') because the answers
+   * depend on the VM type; on /dev/kvm when such a VM cannot be created.
+   */
+  capabilities(options: { vmType?: VmTypeName | number } = {}): Capabilities {
+    const fd = this.fd;
+    const type = resolveVmType(options.vmType ?? 'default');
+    let vmFd: Handle | undefined;
+    try {
+      vmFd = this.raw.createVm(fd, type);
+    } catch (e) {
+      if (!(e instanceof KvmError)) throw e;
+    }
+    try {
+      return readCapabilities(this.raw, fd, vmFd, vmFd === undefined ? 'system' : (options.vmType ?? 'default'));
+    } finally {
+      if (vmFd !== undefined) this.raw.close(vmFd);
+    }
+  }
+
+  /** KVM_CREATE_VM. */
+  createVm(options: VmOptions = {}): Vm {
+    if (typeof options !== 'object' || options === null) throw new TypeError(`VM options must be an object, got ${typeName(options)}`);
+    const type = resolveVmType(options.type ?? 'default');
+    const vm = new Vm(this, this.raw, this.raw.createVm(this.fd, type), type, this.precheck);
+    this.#vms.add(vm);
+    return vm;
+  }
+
+  /** VMs created here and not yet closed. */
+  get vms(): readonly Vm[] {
+    return [...this.#vms];
+  }
+
+  /** @internal */
+  _forgetVm(vm: Vm): void {
+    this.#vms.delete(vm);
+  }
+
+  /** Closes the /dev/kvm handle (idempotent). VMs stay usable until closed themselves. */
+  close(): void {
+    if (this.#closed) return;
+    untrack(this);
+    this.#closed = true;
+    this.raw.close(this.#fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export function resolveVmType(type: unknown): number {
+  if (typeof type === 'string') {
+    if (!(type in VmType)) throw new RangeError(`unknown VM type '${type}' (known: ${Object.keys(VmType).join(', ')})`);
+    return VmType[type as VmTypeName];
+  }
+  return toInt(type, 'type', 0, 2 ** 32 - 1);
+}
+
+/** How to get access when /dev/kvm is refused. */
+function accessHint(e: KvmError, path: string): KvmError {
+  if (e.code !== 'EACCES' && e.code !== 'EPERM') return e;
+  return new KvmError(
+    `${e.message}: ${path} is not accessible to this user; add the user to the group that owns it (usually 'kvm': sudo usermod -aG kvm $USER, then log in again) or adjust its permissions`,
+    { errno: e.errno, code: e.code, syscall: e.syscall, cause: e },
+  );
+}
+
+/**
+ * Opens KVM. backend 'kvm' uses the kernel through the native addon; 'auto' (the default,
+ * or KVM_GMEM_BACKEND) uses the kernel when the device opens.
+ */
+export function openKvm(options: OpenKvmOptions = {}): Kvm {
+  if (typeof options !== 'object' || options === null) throw new TypeError(`openKvm options must be an object, got ${typeName(options)}`);
+  const path = options.path ?? '/dev/kvm';
+  if (typeof path !== 'string') throw new TypeError('path must be a string');
+  const precheck = toBool(options.precheck, 'precheck', true);
+  const requested = options.backend ?? (process.env.KVM_GMEM_BACKEND as BackendName | undefined) ?? 'auto';
+  if (!BACKENDS.includes(requested)) throw new RangeError(`backend must be one of ${BACKENDS.join(', ')}, got ${String(requested)}`);
+
+  if (options.raw) return new Kvm(options.raw, options.raw.open(path), path, precheck);
+  if (requested === 'simulated') {
+    throw new Error('kvm-gmem: the simulated backend is not available in this version');
+  }
+  const raw = nativeBackend();
+  try {
+    return new Kvm(raw, raw.open(path), path, precheck);
+  } catch (e) {
+    if (!(e instanceof KvmError)) throw e;
+    const err = accessHint(e, path);
+    if (requested === 'kvm') throw err;
+    throw new KvmError(`kvm-gmem: backend 'auto' found no usable KVM (${e.code}: ${path}) and no simulator is available: ${err.message}`, {
+      errno: e.errno, code: e.code, syscall: e.syscall, cause: e,
+    });
+  }
+}

@@ -1,0 +1,103 @@
+import { kvmError } from './errors.js';
+import type { GuestMemfd } from './gmem.js';
+import type { Memslot } from './memslots.js';
+import type { RawBackend } from './raw/types.js';
+import { toU64, hex } from './u64.js';
+
+/** The largest typed array V8 makes (4 GiB): bigger mappings are read through view(). */
+export const MAX_VIEW = 2 ** 32;
+
+/**
+ * A shared mapping of a guest_memfd range, created by GuestMemfd.map(). Views over it are
+ * zero-copy and are detached when it is unmapped, so none outlives it. Every byte it exposes
+ * is host-accessible (the gmem has initShared and the range is inside the file), so a view
+ * never faults. While a memslot uses it as userspace memory it cannot be unmapped.
+ */
+export class Mapping {
+  readonly guestMemfd: GuestMemfd;
+  /** File offset of the first byte. */
+  readonly offset: bigint;
+  readonly length: bigint;
+  readonly address: bigint;
+  #raw: RawBackend;
+  #buffer: ArrayBuffer;
+  #closed = false;
+  #pins = new Set<Memslot>();
+  #bytes: Uint8Array | undefined;
+
+  /** @internal use GuestMemfd.map() */
+  constructor(gmem: GuestMemfd, raw: RawBackend, buffer: ArrayBuffer, address: bigint, offset: bigint, length: bigint) {
+    this.guestMemfd = gmem;
+    this.#raw = raw;
+    this.#buffer = buffer;
+    this.address = address;
+    this.offset = offset;
+    this.length = length;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #check(): void {
+    if (this.#closed) throw kvmError('EBADF', { syscall: 'mmap' }, `mapping ${hex(this.address)} is unmapped`);
+  }
+
+  /** The whole mapping as one Uint8Array (mappings up to 4 GiB; use view() beyond). */
+  get bytes(): Uint8Array {
+    this.#check();
+    if (this.length > BigInt(MAX_VIEW)) {
+      throw new RangeError(`mapping is ${this.length} bytes, more than a typed array holds (${MAX_VIEW}); use view(offset, length)`);
+    }
+    return (this.#bytes ??= new Uint8Array(this.#buffer, 0, Number(this.length)));
+  }
+
+  /** A zero-copy window [offset, offset + length) of the mapping. */
+  view(offset: bigint | number, length: bigint | number): Uint8Array {
+    this.#check();
+    const off = toU64(offset, 'offset');
+    const len = toU64(length, 'length');
+    if (off + len > this.length) {
+      throw new RangeError(`view [${hex(off)}, ${hex(off + len)}) is outside the mapping (${hex(this.length)} bytes)`);
+    }
+    if (len > BigInt(MAX_VIEW)) throw new RangeError(`a view holds at most ${MAX_VIEW} bytes`);
+    return new Uint8Array(this.#buffer, Number(off), Number(len));
+  }
+
+  /** Memslots whose userspace memory this mapping is. */
+  get slots(): readonly Memslot[] {
+    return [...this.#pins];
+  }
+
+  /** @internal a memslot starts/stops using this mapping */
+  _pin(slot: Memslot): void {
+    this.#check();
+    this.#pins.add(slot);
+  }
+  /** @internal */
+  _unpin(slot: Memslot): void {
+    this.#pins.delete(slot);
+  }
+
+  /**
+   * Unmaps (idempotent). Refused with EBUSY while a memslot uses this memory: delete the
+   * slot first, so a guest can never reach memory the process reuses.
+   */
+  close(): void {
+    if (this.#closed) return;
+    if (this.#pins.size) {
+      const ids = [...this.#pins].map((s) => s.id);
+      throw kvmError('EBUSY', { syscall: 'munmap' }, `mapping ${hex(this.address)} is the memory of memslot ${ids.join(', ')}; delete the slot first`, {
+        conflict: { slot: ids[0]!, asId: [...this.#pins][0]!.asId },
+      });
+    }
+    this.#raw.munmap(this.#buffer);
+    this.#closed = true;
+    this.#bytes = undefined;
+    this.guestMemfd._forget(this);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

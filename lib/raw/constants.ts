@@ -1,0 +1,77 @@
+/**
+ * KVM UAPI constants (Linux 6.18, x86-64) used by both backends and the typed layer.
+ * Values as in include/uapi/linux/kvm.h; see shared kernel-spec.md §1.
+ */
+
+/** KVM_CHECK_EXTENSION capability numbers. */
+export const Cap = {
+  USER_MEMORY: 3,
+  NR_MEMSLOTS: 10,
+  READONLY_MEM: 81,
+  MULTI_ADDRESS_SPACE: 118,
+  USER_MEMORY2: 231,
+  MEMORY_FAULT_INFO: 232,
+  MEMORY_ATTRIBUTES: 233,
+  GUEST_MEMFD: 234,
+  VM_TYPES: 235,
+  PRE_FAULT_MEMORY: 236,
+  GUEST_MEMFD_FLAGS: 244,
+} as const;
+
+/** kvm_userspace_memory_region(2).flags */
+export const MemFlag = {
+  LOG_DIRTY_PAGES: 1 << 0,
+  READONLY: 1 << 1,
+  GUEST_MEMFD: 1 << 2,
+} as const;
+
+/** kvm_create_guest_memfd.flags */
+export const GuestMemfdFlag = {
+  MMAP: 1n << 0n,
+  INIT_SHARED: 1n << 1n,
+} as const;
+
+/** kvm_memory_attributes.attributes */
+export const MemoryAttribute = {
+  PRIVATE: 1n << 3n,
+} as const;
+
+/** x86 VM types (arch/x86/include/uapi/asm/kvm.h). */
+export const VmType = {
+  default: 0,
+  'sw-protected': 1,
+  sev: 2,
+  'sev-es': 3,
+  snp: 4,
+  tdx: 5,
+} as const;
+export type VmTypeName = keyof typeof VmType;
+
+export function vmTypeName(type: number): VmTypeName | undefined {
+  return (Object.keys(VmType) as VmTypeName[]).find((k) => VmType[k] === type);
+}
+
+/** fallocate(2) modes. */
+export const Falloc = {
+  KEEP_SIZE: 0x01,
+  PUNCH_HOLE: 0x02,
+  COLLAPSE_RANGE: 0x08,
+  ZERO_RANGE: 0x10,
+  INSERT_RANGE: 0x20,
+  UNSHARE_RANGE: 0x40,
+} as const;
+
+/** mmap(2) protections and flags. */
+export const Prot = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
+export const Map = { SHARED: 0x01, PRIVATE: 0x02, SHARED_VALIDATE: 0x03, FIXED: 0x10 } as const;
+
+/** KVM_USER_MEM_SLOTS = SHRT_MAX - KVM_INTERNAL_MEM_SLOTS (3) on x86. */
+export const KVM_USER_MEM_SLOTS = 32764;
+/** KVM_MEM_SLOTS_NUM = SHRT_MAX. */
+export const KVM_MEM_SLOTS_NUM = 32767;
+/** KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1. */
+export const KVM_MEM_MAX_NR_PAGES = (1n << 31n) - 1n;
+/** KVM_GET_API_VERSION answer of every KVM since 2.6.22. */
+export const KVM_API_VERSION = 12;
+
+export const U64_MAX = (1n << 64n) - 1n;

@@ -1,0 +1,71 @@
+/**
+ * Loads the native addon and exposes it as a RawBackend. The addon's functions already have
+ * the RawBackend shapes (and need no `this`), so the backend is the addon's own functions:
+ * no wrapper on the hot path.
+ *
+ * Where the addon comes from, in order: KVM_GMEM_ADDON (a path to a .node file), then the
+ * node-gyp output (build/Release, build/Debug), then the cmake-js output (build-cmake/...).
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KvmError } from '../errors.js';
+import { traced } from '../debug.js';
+import { rawFunctionNames, type RawBackend } from './types.js';
+
+type Addon = Omit<RawBackend, 'kind'> & { setErrorClass(ctor: typeof KvmError): void };
+
+const require = createRequire(import.meta.url);
+/** Package root: this file is lib/raw/native.ts in the sources and dist/raw/native.js built. */
+export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export function addonCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
+  const built = ['build/Release', 'build/Debug', 'build-cmake/Release', 'build-cmake/Debug'].map((d) =>
+    path.join(packageRoot, d, 'kvm_gmem.node'),
+  );
+  return env.KVM_GMEM_ADDON ? [path.resolve(env.KVM_GMEM_ADDON)] : built;
+}
+
+let cached: { addon?: Addon; error?: Error } | undefined;
+
+/** The addon, loaded once per environment; throws an Error listing what was tried. */
+export function loadAddon(): Addon {
+  cached ??= tryLoad();
+  if (cached.error) throw cached.error;
+  return cached.addon!;
+}
+
+function tryLoad(): { addon?: Addon; error?: Error } {
+  const tried: string[] = [];
+  if (process.platform !== 'linux') {
+    return { error: new Error(`kvm-gmem: the native addon is Linux-only (this is ${process.platform})`) };
+  }
+  for (const file of addonCandidates()) {
+    if (!existsSync(file)) {
+      tried.push(`${file}: not found`);
+      continue;
+    }
+    try {
+      const addon = require(file) as Addon;
+      addon.setErrorClass(KvmError);
+      return { addon };
+    } catch (e) {
+      tried.push(`${file}: ${(e as Error).message}`);
+    }
+  }
+  const hint = 'build it with `npm run build:gyp` (or `npm run build:cmake`), or set KVM_GMEM_ADDON';
+  return { error: new Error(`kvm-gmem: cannot load the native addon; tried:\n  ${tried.join('\n  ')}\n${hint}`) };
+}
+
+let backend: RawBackend | undefined;
+
+/** The native RawBackend (one per environment). */
+export function nativeBackend(): RawBackend {
+  if (backend) return backend;
+  const addon = loadAddon();
+  const b = { kind: 'kvm', pageSize: addon.pageSize } as { -readonly [K in keyof RawBackend]: RawBackend[K] };
+  for (const name of rawFunctionNames) (b as Record<string, unknown>)[name] = addon[name];
+  backend = traced(b);
+  return backend;
+}

@@ -1,0 +1,102 @@
+/**
+ * The raw backend: syscall-shaped functions over integer handles, one per kernel call,
+ * implemented by the native addon (./native.ts) and by the simulator (./sim/). No policy and
+ * no bookkeeping here: a selftest can hand the kernel deliberately bad values through it.
+ *
+ * u64 arguments take a bigint or a safe-integer number; a wrong type is a TypeError, an
+ * unrepresentable value a RangeError, and a kernel refusal a KvmError with its errno code.
+ */
+import type { U64 } from '../u64.js';
+
+/** A file descriptor (native) or a simulated handle (numbers far above real fds). */
+export type Handle = number;
+
+/** struct kvm_userspace_memory_region (KVM_SET_USER_MEMORY_REGION). Omitted fields are 0. */
+export interface RawRegion {
+  /** bits 15:0 slot id, bits 31:16 address-space id */
+  slot: number;
+  flags?: number;
+  guestPhysAddr: U64;
+  /** 0 deletes the slot */
+  memorySize: U64;
+  userspaceAddr?: U64;
+}
+
+/** struct kvm_userspace_memory_region2 (KVM_SET_USER_MEMORY_REGION2). */
+export interface RawRegion2 extends RawRegion {
+  guestMemfdOffset?: U64;
+  guestMemfd?: number;
+}
+
+/** struct kvm_memory_attributes. */
+export interface RawMemoryAttributes {
+  address: U64;
+  size: U64;
+  attributes: U64;
+  flags?: U64;
+}
+
+/** struct kvm_pre_fault_memory (in: range; out: what is left). */
+export interface RawPreFault {
+  gpa: U64;
+  size: U64;
+  flags?: U64;
+}
+
+export interface RawStat {
+  size: bigint;
+  mode: number;
+  blksize: number;
+  blocks: bigint;
+  ino: bigint;
+}
+
+/** What mmap returns: a zero-copy buffer over the whole mapping, and its address. */
+export interface RawMapping {
+  buffer: ArrayBuffer;
+  address: bigint;
+}
+
+export interface RawBackend {
+  readonly kind: 'kvm' | 'simulated';
+  /** The host page size (sysconf(_SC_PAGESIZE)). */
+  readonly pageSize: number;
+
+  /** open(path, O_RDWR | O_CLOEXEC) */
+  open(path: string): Handle;
+  close(fd: Handle): void;
+  /** KVM_GET_API_VERSION */
+  getApiVersion(fd: Handle): number;
+  /** KVM_CHECK_EXTENSION on /dev/kvm or on a VM */
+  checkExtension(fd: Handle, cap: number): number;
+  /** KVM_CREATE_VM(type) */
+  createVm(fd: Handle, type: number): Handle;
+  /** KVM_GET_VCPU_MMAP_SIZE */
+  getVcpuMmapSize(fd: Handle): number;
+  /** KVM_CREATE_VCPU(id) */
+  createVcpu(vmFd: Handle, id: number): Handle;
+  /** KVM_CREATE_GUEST_MEMFD; the fd is FD_CLOEXEC */
+  createGuestMemfd(vmFd: Handle, size: U64, flags: U64): Handle;
+  /** KVM_SET_USER_MEMORY_REGION */
+  setUserMemoryRegion(vmFd: Handle, region: RawRegion): void;
+  /** KVM_SET_USER_MEMORY_REGION2 */
+  setUserMemoryRegion2(vmFd: Handle, region: RawRegion2): void;
+  /** KVM_SET_MEMORY_ATTRIBUTES */
+  setMemoryAttributes(vmFd: Handle, attributes: RawMemoryAttributes): void;
+  /** KVM_PRE_FAULT_MEMORY on a vCPU: the range not yet faulted in */
+  preFaultMemory(vcpuFd: Handle, range: RawPreFault): { gpa: bigint; size: bigint };
+  /** fallocate(fd, mode, offset, length) */
+  fallocate(fd: Handle, mode: number, offset: U64, length: U64): void;
+  fstat(fd: Handle): RawStat;
+  /** mmap(NULL, length, prot, flags, fd, offset); MAP_FIXED is refused */
+  mmap(fd: Handle, length: U64, offset: U64, prot: number, flags: number): RawMapping;
+  /** munmap of a buffer from mmap(): detaches it and every view over it. Idempotent. */
+  munmap(buffer: ArrayBuffer): void;
+}
+
+/** The names of the RawBackend's functions (for tracing and for tests that walk them). */
+export const rawFunctionNames = [
+  'open', 'close', 'getApiVersion', 'checkExtension', 'createVm', 'getVcpuMmapSize',
+  'createVcpu', 'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2',
+  'setMemoryAttributes', 'preFaultMemory', 'fallocate', 'fstat', 'mmap', 'munmap',
+] as const satisfies readonly (keyof RawBackend)[];

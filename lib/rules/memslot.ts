@@ -1,0 +1,185 @@
+/**
+ * KVM_SET_USER_MEMORY_REGION(2) validation, rule by rule in the kernel's order
+ * (kvm_set_memory_region → kvm_gmem_bind; kernel-spec.md §2d). Written once: the simulator
+ * runs it as the kernel, and the typed layer runs it before the call to name the slot or range
+ * in the way (and to explain a kernel refusal).
+ */
+import { KVM_MEM_MAX_NR_PAGES, KVM_MEM_SLOTS_NUM, KVM_USER_MEM_SLOTS, MemFlag, U64_MAX } from '../raw/constants.js';
+import { hex } from '../u64.js';
+import type { Violation } from './types.js';
+
+/** A memslot as the rules see it. */
+export interface SlotView {
+  asId: number;
+  id: number;
+  baseGfn: bigint;
+  npages: bigint;
+  flags: number;
+  userspaceAddr: bigint;
+}
+
+/** How the `guestMemfd` fd of a region resolves (fget + f_op + owner checks). */
+export type GmemLookup =
+  | { kind: 'ebadf' }
+  | { kind: 'not-gmem'; what: string }
+  | { kind: 'foreign' }
+  | { kind: 'ok'; size: bigint; boundSlot(pgStart: bigint, pgEnd: bigint): SlotView | undefined };
+
+/** What the rules need to know about the VM and the host. */
+export interface MemslotContext {
+  pageSize: bigint;
+  /** kvm_arch_has_readonly_mem(kvm) */
+  readonlyMem: boolean;
+  /** CONFIG_KVM_GUEST_MEMFD */
+  guestMemfd: boolean;
+  /** kvm_arch_nr_memslot_as_ids(kvm) */
+  addressSpaces: number;
+  /** Highest end of a user range that access_ok accepts (x86-64, 4-level paging: 0x7ffffffff000). */
+  userAddressMax: bigint;
+  slot(asId: number, id: number): SlotView | undefined;
+  /** A slot of `asId` other than `id` whose gfn range intersects [start, end). */
+  overlapping(asId: number, id: number, gfnStart: bigint, gfnEnd: bigint): SlotView | undefined;
+  gmem(fd: number): GmemLookup;
+}
+
+/** The region as the kernel reads it (struct kvm_userspace_memory_region2; v1 has no gmem). */
+export interface RegionInput {
+  v2: boolean;
+  slot: number;
+  flags: number;
+  guestPhysAddr: bigint;
+  memorySize: bigint;
+  userspaceAddr: bigint;
+  guestMemfdOffset: bigint;
+  guestMemfd: number;
+}
+
+export type MemslotOp = 'create' | 'delete' | 'move' | 'flags' | 'noop';
+
+export interface MemslotDecision {
+  op: MemslotOp;
+  asId: number;
+  id: number;
+  baseGfn: bigint;
+  npages: bigint;
+  /** The slot being deleted/moved/changed. */
+  existing?: SlotView;
+}
+
+const where = (v2: boolean) => ({
+  syscall: 'ioctl',
+  request: v2 ? 'KVM_SET_USER_MEMORY_REGION2' : 'KVM_SET_USER_MEMORY_REGION',
+});
+
+function fail(rule: string, message: string, extra: Partial<Violation> = {}): Violation {
+  return { rule, code: 'EINVAL', message, ...extra };
+}
+
+/**
+ * Decides what the kernel does with `r`: the first rule it breaks, or the operation it
+ * performs. Pure: reads the context, changes nothing.
+ */
+export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | MemslotDecision {
+  const page = ctx.pageSize;
+  const gmem = (r.flags & MemFlag.GUEST_MEMFD) !== 0;
+  const asId = r.slot >>> 16;
+  const id = r.slot & 0xffff;
+
+  if (!r.v2 && r.flags & ~(MemFlag.LOG_DIRTY_PAGES | MemFlag.READONLY)) {
+    return fail('memslot.v1-flags', `flags ${hex(r.flags)} are not valid for KVM_SET_USER_MEMORY_REGION (guest_memfd needs the v2 ioctl)`);
+  }
+  if (id >= KVM_USER_MEM_SLOTS) {
+    return fail('memslot.slot-id', `slot id ${id} is not below KVM_USER_MEM_SLOTS (${KVM_USER_MEM_SLOTS})`);
+  }
+  let valid: number = MemFlag.LOG_DIRTY_PAGES;
+  if (ctx.guestMemfd) valid |= MemFlag.GUEST_MEMFD;
+  if (gmem) valid &= ~MemFlag.LOG_DIRTY_PAGES;
+  if (ctx.readonlyMem && !gmem) valid |= MemFlag.READONLY;
+  if (r.flags & ~valid) {
+    return fail('memslot.flags', `flags ${hex(r.flags)} include bits outside ${hex(valid)}` +
+      (gmem ? ' (a guest_memfd slot cannot be readonly or log dirty pages)' : ''));
+  }
+  if (r.memorySize % page !== 0n) {
+    return fail('memslot.size-align', `memorySize ${hex(r.memorySize)} is not page-aligned`);
+  }
+  if (r.guestPhysAddr % page !== 0n) {
+    return fail('memslot.gpa-align', `guestPhysAddr ${hex(r.guestPhysAddr)} is not page-aligned`);
+  }
+  const uend = r.userspaceAddr + r.memorySize;
+  if (r.userspaceAddr % page !== 0n || uend > U64_MAX || uend > ctx.userAddressMax) {
+    return fail('memslot.userspace-addr', `userspaceAddr ${hex(r.userspaceAddr)} is not a page-aligned user address range of ${hex(r.memorySize)} bytes`);
+  }
+  if (gmem && (r.guestMemfdOffset % page !== 0n || r.guestMemfdOffset + r.memorySize > U64_MAX)) {
+    return fail('memslot.gmem-offset', `guestMemfdOffset ${hex(r.guestMemfdOffset)} is not page-aligned or wraps`);
+  }
+  if (asId >= ctx.addressSpaces || id >= KVM_MEM_SLOTS_NUM) {
+    return fail('memslot.as-id', `address space ${asId} does not exist (this VM has ${ctx.addressSpaces})`);
+  }
+  if (r.guestPhysAddr + r.memorySize > U64_MAX) {
+    return fail('memslot.gpa-wrap', `guestPhysAddr ${hex(r.guestPhysAddr)} + memorySize wraps`);
+  }
+  const npages = r.memorySize / page;
+  if (npages > KVM_MEM_MAX_NR_PAGES) {
+    return fail('memslot.npages', `${npages} pages exceed KVM_MEM_MAX_NR_PAGES (${KVM_MEM_MAX_NR_PAGES})`);
+  }
+  const baseGfn = r.guestPhysAddr / page;
+  const existing = ctx.slot(asId, id);
+  const decision = (op: MemslotOp): MemslotDecision => ({ op, asId, id, baseGfn, npages, ...(existing ? { existing } : {}) });
+
+  if (npages === 0n) {
+    if (!existing) return fail('memslot.delete-missing', `slot ${id} does not exist`, { conflict: { slot: id, asId } });
+    return decision('delete');
+  }
+
+  let op: MemslotOp = 'create';
+  if (existing) {
+    const ro = MemFlag.READONLY | MemFlag.GUEST_MEMFD;
+    if (gmem) {
+      return fail('memslot.gmem-immutable', `slot ${id} exists; a guest_memfd slot can only be deleted, not changed or re-set`, { conflict: { slot: id, asId } });
+    }
+    if (r.userspaceAddr !== existing.userspaceAddr || npages !== existing.npages || ((r.flags ^ existing.flags) & ro)) {
+      return fail('memslot.modify', `slot ${id} exists; only its guestPhysAddr and LOG_DIRTY_PAGES may change`, { conflict: { slot: id, asId } });
+    }
+    if (baseGfn !== existing.baseGfn) op = 'move';
+    else if (r.flags !== existing.flags) op = 'flags';
+    else return decision('noop');
+  }
+
+  if (op === 'create' || op === 'move') {
+    const other = ctx.overlapping(asId, id, baseGfn, baseGfn + npages);
+    if (other) {
+      const start = other.baseGfn * page;
+      return {
+        rule: 'memslot.gpa-overlap',
+        code: 'EEXIST',
+        message: `guest range [${hex(r.guestPhysAddr)}, ${hex(r.guestPhysAddr + r.memorySize)}) overlaps slot ${other.id} at [${hex(start)}, ${hex(start + other.npages * page)})`,
+        conflict: { slot: other.id, asId, start, end: start + other.npages * page, space: 'gpa' },
+      };
+    }
+  }
+
+  if (gmem && op === 'create') {
+    const g = ctx.gmem(r.guestMemfd);
+    if (g.kind === 'ebadf') return { rule: 'memslot.gmem-fd', code: 'EBADF', message: `guestMemfd ${r.guestMemfd} is not an open file` };
+    if (g.kind === 'not-gmem') return fail('memslot.gmem-fd', `guestMemfd ${r.guestMemfd} is ${g.what}, not a guest_memfd`);
+    if (g.kind === 'foreign') return fail('memslot.gmem-owner', `guestMemfd ${r.guestMemfd} belongs to another VM`);
+    const end = r.guestMemfdOffset + r.memorySize;
+    if (r.guestMemfdOffset >= 1n << 63n || end > g.size) {
+      return fail('memslot.gmem-bounds', `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is past the guest_memfd's end (${hex(g.size)})`);
+    }
+    const pg = r.guestMemfdOffset / page;
+    const bound = g.boundSlot(pg, pg + npages);
+    if (bound) {
+      return fail('memslot.gmem-bound', `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is already bound to slot ${bound.id}: a file offset backs at most one guest frame`, {
+        conflict: { slot: bound.id, asId: bound.asId, start: r.guestMemfdOffset, end, space: 'file' },
+      });
+    }
+  }
+  return decision(op);
+}
+
+export const memslotWhere = where;
+
+export function isViolation(x: Violation | object): x is Violation {
+  return 'rule' in x && 'code' in x;
+}

@@ -1,0 +1,50 @@
+import { U64_MAX } from './raw/constants.js';
+
+/** A kernel u64 as the API accepts it: a bigint, or a non-negative safe-integer number. */
+export type U64 = bigint | number;
+
+/**
+ * Converts a u64 argument to bigint. An unsafe number is a RangeError rather than a silent
+ * rounding; a value of another type is a TypeError.
+ */
+export function toU64(value: unknown, name: string): bigint {
+  if (typeof value === 'bigint') {
+    if (value < 0n || value > U64_MAX) throw new RangeError(`${name} does not fit in a u64: ${value}`);
+    return value;
+  }
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new RangeError(`${name} must be a non-negative safe integer or a bigint, got ${value}`);
+    }
+    return BigInt(value);
+  }
+  throw new TypeError(`${name} must be a bigint or a number, got ${typeName(value)}`);
+}
+
+/** An optional u64: undefined gives `fallback`. */
+export function toU64Or(value: unknown, name: string, fallback: bigint): bigint {
+  return value === undefined ? fallback : toU64(value, name);
+}
+
+/** An integer number within [min, max]. */
+export function toInt(value: unknown, name: string, min: number, max: number): number {
+  if (typeof value !== 'number') throw new TypeError(`${name} must be a number, got ${typeName(value)}`);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(`${name} must be an integer in [${min}, ${max}], got ${value}`);
+  }
+  return value;
+}
+
+export function toBool(value: unknown, name: string, fallback = false): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw new TypeError(`${name} must be a boolean, got ${typeName(value)}`);
+  return value;
+}
+
+export function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (typeof v === 'object') return (v as object).constructor?.name ?? 'object';
+  return typeof v;
+}
+
+export const hex = (v: bigint | number): string => `0x${v.toString(16)}`;

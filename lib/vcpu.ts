@@ -1,0 +1,42 @@
+import { kvmError } from './errors.js';
+import { track, untrack } from './lifetime.js';
+import type { Handle, RawBackend } from './raw/types.js';
+import type { Vm } from './vm.js';
+
+/** A virtual CPU (KVM_CREATE_VCPU). */
+export class Vcpu {
+  readonly vm: Vm;
+  readonly id: number;
+  #raw: RawBackend;
+  #fd: Handle;
+  #closed = false;
+
+  /** @internal use Vm.createVcpu() */
+  constructor(vm: Vm, raw: RawBackend, fd: Handle, id: number) {
+    this.vm = vm;
+    this.#raw = raw;
+    this.#fd = fd;
+    this.id = id;
+    track(this, () => raw.close(fd));
+  }
+
+  get fd(): Handle {
+    if (this.#closed) throw kvmError('EBADF', { syscall: 'ioctl' }, `vCPU ${this.id} is closed`);
+    return this.#fd;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    untrack(this);
+    this.#closed = true;
+    this.vm._forgetVcpu(this);
+    this.#raw.close(this.#fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,113 @@
+// The subset of the Linux KVM UAPI (include/uapi/linux/kvm.h, arch/x86/include/uapi/asm/kvm.h)
+// that kvm-gmem uses, as of Linux 6.18.
+//
+// Carried here because distribution headers may predate guest_memfd (Debian 12 ships 6.1,
+// which has none of it). Every struct layout is pinned with static_asserts on size and field
+// offsets, so a mismatch with the kernel ABI fails the build instead of corrupting an ioctl.
+// Names live in namespace kvmg to avoid clashing with a system <linux/kvm.h>.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <sys/ioctl.h>
+
+namespace kvmg {
+
+constexpr unsigned kKvmIo = 0xAE;
+
+// ---- structs ----------------------------------------------------------------------------
+
+struct kvm_userspace_memory_region {
+  uint32_t slot;                // bits 15:0 slot id, bits 31:16 address-space id
+  uint32_t flags;
+  uint64_t guest_phys_addr;
+  uint64_t memory_size;
+  uint64_t userspace_addr;
+};
+static_assert(sizeof(kvm_userspace_memory_region) == 32, "kvm_userspace_memory_region size");
+static_assert(offsetof(kvm_userspace_memory_region, flags) == 4, "flags offset");
+static_assert(offsetof(kvm_userspace_memory_region, guest_phys_addr) == 8, "guest_phys_addr offset");
+static_assert(offsetof(kvm_userspace_memory_region, memory_size) == 16, "memory_size offset");
+static_assert(offsetof(kvm_userspace_memory_region, userspace_addr) == 24, "userspace_addr offset");
+
+struct kvm_userspace_memory_region2 {
+  uint32_t slot;
+  uint32_t flags;
+  uint64_t guest_phys_addr;
+  uint64_t memory_size;
+  uint64_t userspace_addr;
+  uint64_t guest_memfd_offset;
+  uint32_t guest_memfd;
+  uint32_t pad1;
+  uint64_t pad2[14];
+};
+static_assert(sizeof(kvm_userspace_memory_region2) == 160, "kvm_userspace_memory_region2 size");
+static_assert(offsetof(kvm_userspace_memory_region2, guest_phys_addr) == 8, "guest_phys_addr offset");
+static_assert(offsetof(kvm_userspace_memory_region2, memory_size) == 16, "memory_size offset");
+static_assert(offsetof(kvm_userspace_memory_region2, userspace_addr) == 24, "userspace_addr offset");
+static_assert(offsetof(kvm_userspace_memory_region2, guest_memfd_offset) == 32, "guest_memfd_offset");
+static_assert(offsetof(kvm_userspace_memory_region2, guest_memfd) == 40, "guest_memfd offset");
+static_assert(offsetof(kvm_userspace_memory_region2, pad1) == 44, "pad1 offset");
+static_assert(offsetof(kvm_userspace_memory_region2, pad2) == 48, "pad2 offset");
+
+struct kvm_create_guest_memfd {
+  uint64_t size;
+  uint64_t flags;
+  uint64_t reserved[6];
+};
+static_assert(sizeof(kvm_create_guest_memfd) == 64, "kvm_create_guest_memfd size");
+static_assert(offsetof(kvm_create_guest_memfd, flags) == 8, "flags offset");
+
+struct kvm_memory_attributes {
+  uint64_t address;
+  uint64_t size;
+  uint64_t attributes;
+  uint64_t flags;
+};
+static_assert(sizeof(kvm_memory_attributes) == 32, "kvm_memory_attributes size");
+static_assert(offsetof(kvm_memory_attributes, attributes) == 16, "attributes offset");
+static_assert(offsetof(kvm_memory_attributes, flags) == 24, "flags offset");
+
+struct kvm_pre_fault_memory {
+  uint64_t gpa;
+  uint64_t size;
+  uint64_t flags;
+  uint64_t padding[5];
+};
+static_assert(sizeof(kvm_pre_fault_memory) == 64, "kvm_pre_fault_memory size");
+static_assert(offsetof(kvm_pre_fault_memory, flags) == 16, "flags offset");
+
+// ---- ioctl numbers (asm-generic/ioctl.h encoding, x86-64) --------------------------------
+
+constexpr unsigned long IoctlNr(unsigned dir, unsigned nr, unsigned size) {
+  return (static_cast<unsigned long>(dir) << 30) | (static_cast<unsigned long>(size) << 16) |
+         (kKvmIo << 8) | nr;
+}
+constexpr unsigned kDirNone = 0, kDirWrite = 1, kDirRead = 2;
+
+constexpr unsigned long KVM_GET_API_VERSION = IoctlNr(kDirNone, 0x00, 0);
+constexpr unsigned long KVM_CREATE_VM = IoctlNr(kDirNone, 0x01, 0);
+constexpr unsigned long KVM_CHECK_EXTENSION = IoctlNr(kDirNone, 0x03, 0);
+constexpr unsigned long KVM_GET_VCPU_MMAP_SIZE = IoctlNr(kDirNone, 0x04, 0);
+constexpr unsigned long KVM_CREATE_VCPU = IoctlNr(kDirNone, 0x41, 0);
+constexpr unsigned long KVM_SET_USER_MEMORY_REGION =
+    IoctlNr(kDirWrite, 0x46, sizeof(kvm_userspace_memory_region));
+constexpr unsigned long KVM_SET_USER_MEMORY_REGION2 =
+    IoctlNr(kDirWrite, 0x49, sizeof(kvm_userspace_memory_region2));
+constexpr unsigned long KVM_SET_MEMORY_ATTRIBUTES =
+    IoctlNr(kDirWrite, 0xd2, sizeof(kvm_memory_attributes));
+constexpr unsigned long KVM_CREATE_GUEST_MEMFD =
+    IoctlNr(kDirRead | kDirWrite, 0xd4, sizeof(kvm_create_guest_memfd));
+constexpr unsigned long KVM_PRE_FAULT_MEMORY =
+    IoctlNr(kDirRead | kDirWrite, 0xd5, sizeof(kvm_pre_fault_memory));
+
+// Values the kernel documents (kernel-spec.md §1.3); a wrong encoder fails here.
+static_assert(KVM_CHECK_EXTENSION == 0xAE03, "KVM_CHECK_EXTENSION");
+static_assert(KVM_CREATE_VM == 0xAE01, "KVM_CREATE_VM");
+static_assert(KVM_SET_USER_MEMORY_REGION == 0x4020AE46, "KVM_SET_USER_MEMORY_REGION");
+static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40A0AE49, "KVM_SET_USER_MEMORY_REGION2");
+static_assert(KVM_SET_MEMORY_ATTRIBUTES == 0x4020AED2, "KVM_SET_MEMORY_ATTRIBUTES");
+static_assert(KVM_CREATE_GUEST_MEMFD == 0xC040AED4, "KVM_CREATE_GUEST_MEMFD");
+static_assert(KVM_PRE_FAULT_MEMORY == 0xC040AED5, "KVM_PRE_FAULT_MEMORY");
+
+}  // namespace kvmg

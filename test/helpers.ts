@@ -1,0 +1,58 @@
+import { accessSync, constants as fsc, readdirSync, readFileSync } from 'node:fs';
+import { expect } from 'vitest';
+import { openKvm, KvmError, type Kvm } from '../lib/index.js';
+
+/** The backend this vitest project runs (set per project in vitest.config.ts). */
+export const backendName = (process.env.KVM_GMEM_BACKEND ?? 'kvm') as 'kvm' | 'simulated';
+
+function canOpen(path: string): string | undefined {
+  try {
+    accessSync(path, fsc.R_OK | fsc.W_OK);
+    return undefined;
+  } catch (e) {
+    return `${(e as NodeJS.ErrnoException).code}: ${path}`;
+  }
+}
+
+/** Why this project's backend cannot run here (undefined when it can). */
+export const unavailable: string | undefined = backendName === 'kvm' ? canOpen('/dev/kvm') : undefined;
+
+export function open(options: { precheck?: boolean } = {}): Kvm {
+  return openKvm({ backend: backendName, ...options });
+}
+
+export const MiB = 1n << 20n;
+export const GiB = 1n << 30n;
+export const PAGE = 4096n;
+
+/** Runs fn and returns the KvmError it throws, failing the test if it throws nothing else. */
+export function kvmErr(fn: () => unknown): KvmError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof KvmError) return e;
+    throw new Error(`expected a KvmError, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+  }
+  throw new Error('expected a KvmError, but the call succeeded');
+}
+
+/** Asserts fn throws a KvmError with the kernel's `code`. */
+export function expectCode(fn: () => unknown, code: string): KvmError {
+  const e = kvmErr(fn);
+  expect(e.code, e.message).toBe(code);
+  return e;
+}
+
+export function fdCount(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+export function mapCount(): number {
+  return readFileSync('/proc/self/maps', 'utf8').split('\n').length;
+}
+
+/** FD_CLOEXEC as /proc shows it (O_CLOEXEC bit of the fdinfo flags). */
+export function isCloexec(fd: number): boolean {
+  const flags = /flags:\s*([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!;
+  return (parseInt(flags, 8) & 0o2000000) !== 0;
+}
