@@ -10,8 +10,6 @@ export default defineConfig({
     pool: 'forks',
     testTimeout: 60_000,
     hookTimeout: 60_000,
-    reporters: process.env.CI ? ['default', 'json'] : ['default'],
-    outputFile: { json: process.env.KVM_GMEM_TEST_JSON ?? 'test-results.json' },
     projects: [
       {
         extends: true,

@@ -94,6 +94,17 @@ export class Memslot {
   get end(): bigint {
     return this.guestPhysAddr + this.size;
   }
+  /** Deletes the slot (KVM_SET_USER_MEMORY_REGION2 with size 0); a no-op once deleted or
+   * once its VM is closed. */
+  delete(): void {
+    if (this.#deleted || this.vm.closed) return;
+    this.vm.memslots.delete(this);
+  }
+  /** `using slot = vm.memslots.add(...)` deletes it at the end of the scope, before the
+   * memory declared earlier is unmapped. */
+  [Symbol.dispose](): void {
+    this.delete();
+  }
   toString(): string {
     const g = this.guestMemfd ? ` gmem@${hex(this.guestMemfdOffset)}` : '';
     return `slot ${this.id} [${hex(this.guestPhysAddr)}, ${hex(this.end)})${g}`;
@@ -218,7 +229,8 @@ export class MemslotTable {
     // Host memory for the slot.
     let userspace = options.userspace;
     let created = false;
-    if (userspace === undefined && gmem?.mmapable && gmem.initShared) {
+    if (userspace === undefined && gmem?.mmapable && gmem.initShared && gmemOffset + size <= gmem.size) {
+      // (A range past the file's end gets no host memory; the kernel refuses it anyway.)
       ({ mapping: userspace, created } = gmem._ownMapping());
     } else if (userspace === undefined && !gmem) {
       throw new TypeError('a memslot without guestMemfd needs userspace memory (a Mapping)');
@@ -227,7 +239,9 @@ export class MemslotTable {
       if (userspace?.closed) throw kvmError('EBADF', memslotWhere(true), 'userspace mapping is unmapped');
       let uoff = 0n;
       if (options.userspaceOffset !== undefined) uoff = toU64(options.userspaceOffset, 'userspaceOffset');
-      else if (userspace && gmem && userspace.guestMemfd === gmem && gmemOffset >= userspace.offset) uoff = gmemOffset - userspace.offset;
+      else if (userspace && gmem && userspace.guestMemfd === gmem && gmemOffset >= userspace.offset && gmemOffset + size <= userspace.offset + userspace.length) {
+        uoff = gmemOffset - userspace.offset; // the host view aliases the slot's file range
+      }
       if (userspace && uoff + size > userspace.length) {
         // A slot larger than its host memory would let the guest reach whatever the process
         // maps next; the kernel cannot tell, so the library refuses.

@@ -1,0 +1,42 @@
+/** The addon loader and NODE_DEBUG tracing, observed from child processes (both are per-process). */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { unavailable } from '../helpers.js';
+
+const root = path.resolve(import.meta.dirname, '..', '..');
+const dist = path.join(root, 'dist', 'index.js');
+
+function child(script: string, env: Record<string, string>) {
+  return spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, env: { ...process.env, ...env }, encoding: 'utf8' });
+}
+
+describe('addon loader', () => {
+  test('the built package exists (npm install runs `npm run build`)', () => {
+    expect(existsSync(dist), 'dist/ missing: run npm run build').toBe(true);
+  });
+
+  test('KVM_GMEM_ADDON pointing nowhere: the error lists what was tried', () => {
+    const r = child(`import { openKvm } from ${JSON.stringify(dist)}; try { openKvm({ backend: 'kvm' }); } catch (e) { console.log(e.message); }`, {
+      KVM_GMEM_ADDON: '/nonexistent/kvm_gmem.node',
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/cannot load the native addon; tried:/);
+    expect(r.stdout).toMatch(/\/nonexistent\/kvm_gmem\.node: not found/);
+  });
+
+  test.skipIf(unavailable)('NODE_DEBUG=kvm-gmem traces each syscall with arguments and result', () => {
+    const r = child(
+      `import { openKvm } from ${JSON.stringify(dist)};
+       const kvm = openKvm({ backend: 'kvm' }); const vm = kvm.createVm();
+       try { vm.createGuestMemfd({ size: 4095 }); } catch {}
+       vm.close(); kvm.close();`,
+      { NODE_DEBUG: 'kvm-gmem' },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/KVM-GMEM \d+: kvm\.open\("\/dev\/kvm"\) -> \d+/);
+    expect(r.stderr).toMatch(/kvm\.createVm\(\d+, 0\) -> \d+/);
+    expect(r.stderr).toMatch(/kvm\.createGuestMemfd\(\d+, 4095n, 0n\) -> EINVAL/);
+  });
+});

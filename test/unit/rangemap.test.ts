@@ -1,0 +1,71 @@
+/** RangeMap against a naive per-key model, and its merging guarantees. */
+import fc from 'fast-check';
+import { describe, expect, test } from 'vitest';
+import { RangeMap } from '../../lib/rangemap.js';
+import { IntervalIndex } from '../../lib/interval.js';
+
+describe('RangeMap', () => {
+  test('equals a per-key model after any sequence of sets; adjacent equal ranges are merged', () => {
+    const N = 64;
+    const op = fc.record({ start: fc.integer({ min: 0, max: N }), len: fc.integer({ min: 0, max: 20 }), value: fc.integer({ min: 0, max: 2 }) });
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 40 }), (ops) => {
+        const m = new RangeMap<number>(0);
+        const model = new Array<number>(N + 21).fill(0);
+        for (const { start, len, value } of ops) {
+          const before = [...model];
+          const changed = m.set(start, start + len, value);
+          for (let k = start; k < start + len; k++) model[k] = value;
+          // changed = exactly the keys whose value changed, with their old values
+          const expected: number[] = [];
+          for (let k = 0; k < model.length; k++) if (before[k] !== model[k]) expected.push(k);
+          expect(changed.flatMap((c) => Array.from({ length: c.end - c.start }, (_, i) => c.start + i))).toEqual(expected);
+          for (const c of changed) for (let k = c.start; k < c.end; k++) expect(before[k]).toBe(c.value);
+        }
+        for (let k = 0; k < model.length; k++) expect(m.get(k)).toBe(model[k]);
+        const entries = [...m.entries()];
+        for (let i = 0; i < entries.length; i++) {
+          expect(entries[i]!.value).not.toBe(0);
+          if (i > 0) {
+            expect(entries[i]!.start).toBeGreaterThanOrEqual(entries[i - 1]!.end);
+            if (entries[i]!.start === entries[i - 1]!.end) expect(entries[i]!.value).not.toBe(entries[i - 1]!.value);
+          }
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('one entry for a huge range; alternating pages then one value collapse to one entry', () => {
+    const m = new RangeMap<bigint>(0n);
+    m.set(0, 2 ** 28, 8n); // 1 TiB of 4 KiB pages
+    expect(m.count).toBe(1);
+    const n = 4096;
+    for (let i = 0; i < n; i += 2) m.set(i, i + 1, 0n);
+    expect(m.count).toBe(n / 2); // pages 1, 3, ..., n-3 alone; n-1 merges with [n, 2^28)
+    m.set(0, 2 ** 28, 8n);
+    expect(m.count).toBe(1);
+    expect([...m.entries()]).toEqual([{ start: 0, end: 2 ** 28, value: 8n }]);
+  });
+});
+
+describe('IntervalIndex', () => {
+  test('containing / overlapping agree with a linear scan', () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(fc.integer({ min: 0, max: 50 }), { maxLength: 20 }), fc.integer({ min: 0, max: 210 }), fc.integer({ min: 1, max: 30 }), (slots, q, qlen) => {
+        const idx = new IntervalIndex<number>();
+        const ivs = slots.map((s) => [s * 4, s * 4 + 1 + (s % 3)] as const); // disjoint
+        ivs.forEach(([a, b], i) => idx.insert(a, b, i));
+        for (let k = 0; k < 210; k++) {
+          const want = ivs.findIndex(([a, b]) => a <= k && k < b);
+          expect(idx.containing(k)).toBe(want < 0 ? undefined : want);
+        }
+        const want = ivs.map((iv, i) => [iv, i] as const).filter(([[a, b]]) => a < q + qlen && q < b).sort((x, y) => x[0][0] - y[0][0]).map(([, i]) => i);
+        expect([...idx.overlapping(q, q + qlen)]).toEqual(want);
+        for (let i = 0; i < ivs.length; i += 2) idx.remove(i);
+        expect(idx.count).toBe(ivs.length - Math.ceil(ivs.length / 2));
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
