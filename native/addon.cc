@@ -245,13 +245,19 @@ Napi::Value Addon::Open(const Napi::CallbackInfo& info) {
   return NewFd(env, fd);
 }
 
-// close(fd): closes an fd; EBADF for one that is not open.
+// close(fd): closes an fd this environment opened through the addon. Any other fd is EBADF
+// without a syscall: closing the process's own fds (stdio, Node's pipes, another worker's
+// VM) from JavaScript would break the process, and a worker's exit hook must never close a
+// number that another owner has since reused.
 Napi::Value Addon::Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info);
   int fd = a.Int32(0, "fd");
   if (!a.ok) return env.Undefined();
-  registry->fds.erase(fd);  // forget it even if close fails: POSIX close always releases
+  if (registry->fds.erase(fd) == 0) {
+    ThrowErrno(env, EBADF, "close", nullptr);
+    return env.Undefined();
+  }
   if (::close(fd) < 0) {
     int err = errno;
     ThrowErrno(env, err, "close", nullptr);
