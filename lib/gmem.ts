@@ -1,5 +1,5 @@
 import { kvmError } from './errors.js';
-import { track, untrack } from './lifetime.js';
+import { Children, track, untrack } from './lifetime.js';
 import { Mapping } from './mapping.js';
 import type { GuestRange } from './memslots.js';
 import { Falloc, GuestMemfdFlag, Map as MapFlag, Prot } from './raw/constants.js';
@@ -23,7 +23,9 @@ export class GuestMemfd {
   #raw: RawBackend;
   #fd: Handle;
   #closed = false;
-  #mappings = new Set<Mapping>();
+  #mappings = new Children<Mapping>();
+  /** @internal this gmem's entry in its VM's list */
+  _ref: WeakRef<GuestMemfd> | undefined;
   /** The whole-file mapping that slots use when no `userspace` is given. */
   #own: Mapping | undefined;
 
@@ -34,7 +36,7 @@ export class GuestMemfd {
     this.#fd = fd;
     this.size = size;
     this.flags = flags;
-    track(this, () => raw.close(fd));
+    track(this, raw, fd);
   }
 
   get fd(): Handle {
@@ -108,7 +110,7 @@ export class GuestMemfd {
     }
     const { buffer, address } = this.#raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
     const m = new Mapping(this, this.#raw, buffer, address, offset, length);
-    this.#mappings.add(m);
+    m._ref = this.#mappings.add(m);
     return m;
   }
 
@@ -121,7 +123,7 @@ export class GuestMemfd {
 
   /** @internal a Mapping was unmapped */
   _forget(m: Mapping): void {
-    this.#mappings.delete(m);
+    this.#mappings.delete(m._ref);
     if (this.#own === m) this.#own = undefined;
   }
 
@@ -138,13 +140,13 @@ export class GuestMemfd {
    */
   close(): void {
     if (this.#closed) return;
-    const pinned = [...this.#mappings].flatMap((m) => m.slots);
+    const pinned = this.#mappings.live().flatMap((m) => m.slots);
     if (pinned.length) {
       throw kvmError('EBUSY', { syscall: 'close' }, `guest_memfd memory is in use by memslot ${pinned.map((s) => s.id).join(', ')}; delete the slot first`, {
         conflict: { slot: pinned[0]!.id, asId: pinned[0]!.asId },
       });
     }
-    for (const m of [...this.#mappings]) m.close();
+    for (const m of this.#mappings.live()) m.close();
     untrack(this);
     this.#closed = true;
     this.vm._forgetGmem(this);

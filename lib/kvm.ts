@@ -1,6 +1,6 @@
 import { readCapabilities, type Capabilities } from './capabilities.js';
 import { KvmError, kvmError } from './errors.js';
-import { track, untrack } from './lifetime.js';
+import { Children, track, untrack } from './lifetime.js';
 import { VmType, type VmTypeName } from './raw/constants.js';
 import { nativeBackend } from './raw/native.js';
 import type { Handle, RawBackend } from './raw/types.js';
@@ -44,7 +44,7 @@ export class Kvm {
   readonly precheck: boolean;
   #fd: Handle;
   #closed = false;
-  #vms = new Set<Vm>();
+  #vms = new Children<Vm>();
 
   /** @internal use openKvm() */
   constructor(raw: RawBackend, fd: Handle, path: string, precheck: boolean, fallbackReason?: string) {
@@ -55,7 +55,7 @@ export class Kvm {
     this.precheck = precheck;
     this.fallbackReason = fallbackReason;
     this.apiVersion = raw.getApiVersion(fd);
-    track(this, () => raw.close(fd));
+    track(this, raw, fd);
   }
 
   get fd(): Handle {
@@ -99,18 +99,18 @@ export class Kvm {
     if (typeof options !== 'object' || options === null) throw new TypeError(`VM options must be an object, got ${typeName(options)}`);
     const type = resolveVmType(options.type ?? 'default');
     const vm = new Vm(this, this.raw, this.raw.createVm(this.fd, type), type, this.precheck);
-    this.#vms.add(vm);
+    vm._ref = this.#vms.add(vm);
     return vm;
   }
 
   /** VMs created here and not yet closed. */
   get vms(): readonly Vm[] {
-    return [...this.#vms];
+    return this.#vms.live();
   }
 
   /** @internal */
   _forgetVm(vm: Vm): void {
-    this.#vms.delete(vm);
+    this.#vms.delete(vm._ref);
   }
 
   /** Closes the /dev/kvm handle (idempotent). VMs stay usable until closed themselves. */

@@ -24,6 +24,8 @@ export class Mapping {
   #closed = false;
   #pins = new Set<Memslot>();
   #bytes: Uint8Array | undefined;
+  /** @internal this mapping's entry in its gmem's list */
+  _ref: WeakRef<Mapping> | undefined;
 
   /** @internal use GuestMemfd.map() */
   constructor(gmem: GuestMemfd, raw: RawBackend, buffer: ArrayBuffer, address: bigint, offset: bigint, length: bigint) {

@@ -10,6 +10,8 @@ export class Vcpu {
   #raw: RawBackend;
   #fd: Handle;
   #closed = false;
+  /** @internal this vCPU's entry in its VM's list */
+  _ref: WeakRef<Vcpu> | undefined;
 
   /** @internal use Vm.createVcpu() */
   constructor(vm: Vm, raw: RawBackend, fd: Handle, id: number) {
@@ -17,7 +19,7 @@ export class Vcpu {
     this.#raw = raw;
     this.#fd = fd;
     this.id = id;
-    track(this, () => raw.close(fd));
+    track(this, raw, fd);
   }
 
   get fd(): Handle {

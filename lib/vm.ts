@@ -3,7 +3,7 @@ import { readCapabilities, type Capabilities } from './capabilities.js';
 import { kvmError } from './errors.js';
 import { GuestMemfd } from './gmem.js';
 import type { Kvm } from './kvm.js';
-import { track, untrack } from './lifetime.js';
+import { Children, track, untrack } from './lifetime.js';
 import { MemslotTable, type GuestRange } from './memslots.js';
 import { RangeMap } from './rangemap.js';
 import { Cap, GuestMemfdFlag, MemoryAttribute, vmTypeName, type VmTypeName } from './raw/constants.js';
@@ -97,8 +97,10 @@ export class Vm extends EventEmitter {
   #raw: RawBackend;
   #fd: Handle;
   #closed = false;
-  #gmems = new Set<GuestMemfd>();
-  #vcpus = new Map<number, Vcpu>();
+  #gmems = new Children<GuestMemfd>();
+  #vcpus = new Children<Vcpu>();
+  /** @internal this VM's entry in its Kvm's list */
+  _ref: WeakRef<Vm> | undefined;
   #caps: Capabilities | undefined;
 
   /** @internal use Kvm.createVm() */
@@ -115,7 +117,7 @@ export class Vm extends EventEmitter {
       read: (gpa, length) => this.#read(gpa, length),
       write: (gpa, bytes) => this.#write(gpa, bytes),
     };
-    track(this, () => raw.close(fd));
+    track(this, raw, fd);
   }
 
   get fd(): Handle {
@@ -168,7 +170,7 @@ export class Vm extends EventEmitter {
       throw e;
     }
     const g = new GuestMemfd(this, this.#raw, fd, size, flags);
-    this.#gmems.add(g);
+    g._ref = this.#gmems.add(g);
     return g;
   }
 
@@ -197,17 +199,17 @@ export class Vm extends EventEmitter {
     const vcpuId = toInt(id, 'id', 0, 2 ** 32 - 1);
     const fd = this.#raw.createVcpu(this.#fd, vcpuId);
     const v = new Vcpu(this, this.#raw, fd, vcpuId);
-    this.#vcpus.set(vcpuId, v);
+    v._ref = this.#vcpus.add(v);
     return v;
   }
 
   /** @internal */
   _forgetGmem(g: GuestMemfd): void {
-    this.#gmems.delete(g);
+    this.#gmems.delete(g._ref);
   }
   /** @internal */
   _forgetVcpu(v: Vcpu): void {
-    this.#vcpus.delete(v.id);
+    this.#vcpus.delete(v._ref);
   }
 
   /** Walks [gpa, gpa + length) slot by slot through each slot's host mapping. */
@@ -252,9 +254,9 @@ export class Vm extends EventEmitter {
    */
   close(): void {
     if (this.#closed) return;
-    for (const v of [...this.#vcpus.values()]) v.close();
+    for (const v of this.#vcpus.live()) v.close();
     this.memslots._clear();
-    for (const g of [...this.#gmems]) g.close();
+    for (const g of this.#gmems.live()) g.close();
     untrack(this);
     this.#closed = true;
     this.kvm._forgetVm(this);
