@@ -11,6 +11,10 @@ export interface Capabilities {
   guestMemfdFlags: { mmap: boolean; initShared: boolean; raw: bigint };
   /** Supported memory attribute bits (KVM_MEMORY_ATTRIBUTE_PRIVATE = 8n), 0n when none. */
   memoryAttributes: bigint;
+  /** KVM_CAP_MEMORY_ATTRIBUTES on /dev/kvm: non-zero when the host has the ioctl at all. */
+  systemMemoryAttributes: bigint;
+  /** KVM_CAP_GUEST_MEMFD_FLAGS on /dev/kvm. */
+  systemGuestMemfdFlags: bigint;
   /** Private memory (memory attributes with PRIVATE). */
   privateMemory: boolean;
   /** VM types the host can create. */
@@ -47,6 +51,8 @@ export function readCapabilities(raw: RawBackend, sysFd: Handle, vmFd: Handle | 
     guestMemfd: c(Cap.GUEST_MEMFD) > 0,
     guestMemfdFlags: { mmap: (flags & GuestMemfdFlag.MMAP) !== 0n, initShared: (flags & GuestMemfdFlag.INIT_SHARED) !== 0n, raw: flags },
     memoryAttributes: attrs,
+    systemMemoryAttributes: BigInt(c(Cap.MEMORY_ATTRIBUTES, sysFd)),
+    systemGuestMemfdFlags: BigInt(c(Cap.GUEST_MEMFD_FLAGS, sysFd)),
     privateMemory: (attrs & MemoryAttribute.PRIVATE) !== 0n,
     vmTypes: decodeVmTypes(vmTypesMask === 0 ? 1 : vmTypesMask),
     vmTypesMask,

@@ -108,8 +108,8 @@ export class GuestMemfd {
     if (this.mmapable && !this.initShared) {
       throw kvmError('EFAULT', { syscall: 'mmap' }, 'this guest_memfd was created without initShared: its pages are private to the guest and any host access would fault');
     }
-    const { buffer, address } = this.#raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
-    const m = new Mapping(this, this.#raw, buffer, address, offset, length);
+    const raw = this.#raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
+    const m = new Mapping(this, this.#raw, raw, offset, length);
     m._ref = this.#mappings.add(m);
     return m;
   }

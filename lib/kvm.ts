@@ -1,4 +1,6 @@
 import { readCapabilities, type Capabilities } from './capabilities.js';
+import { SimBackend, defaultProfile, profileFromCapabilities, type SimProfile } from './raw/sim/index.js';
+import { traced } from './debug.js';
 import { KvmError, kvmError } from './errors.js';
 import { Children, track, untrack } from './lifetime.js';
 import { VmType, type VmTypeName } from './raw/constants.js';
@@ -22,6 +24,11 @@ export interface OpenKvmOptions {
   precheck?: boolean;
   /** A RawBackend to use instead of the built-in ones (tests, instrumentation). */
   raw?: RawBackend;
+  /**
+   * The simulated host: a SimProfile, or the capabilities() of a real host so that the
+   * simulator answers as that host would. Default: 6.18 with KVM_X86_SW_PROTECTED_VM.
+   */
+  profile?: SimProfile | Capabilities;
 }
 
 export interface VmOptions {
@@ -156,18 +163,25 @@ export function openKvm(options: OpenKvmOptions = {}): Kvm {
   if (!BACKENDS.includes(requested)) throw new RangeError(`backend must be one of ${BACKENDS.join(', ')}, got ${String(requested)}`);
 
   if (options.raw) return new Kvm(options.raw, options.raw.open(path), path, precheck);
-  if (requested === 'simulated') {
-    throw new Error('kvm-gmem: the simulated backend is not available in this version');
+  const simulated = (reason?: string) => {
+    const p = options.profile;
+    const profile = p === undefined ? defaultProfile : 'scope' in p ? profileFromCapabilities(p) : p;
+    const sim = traced(new SimBackend(profile));
+    return new Kvm(sim, sim.open(path), path, precheck, reason);
+  };
+  if (requested === 'simulated') return simulated();
+  let raw: RawBackend;
+  try {
+    raw = nativeBackend();
+  } catch (e) {
+    if (requested === 'kvm') throw e;
+    return simulated(`no native addon: ${(e as Error).message.split('\n')[0]}`);
   }
-  const raw = nativeBackend();
   try {
     return new Kvm(raw, raw.open(path), path, precheck);
   } catch (e) {
     if (!(e instanceof KvmError)) throw e;
-    const err = accessHint(e, path);
-    if (requested === 'kvm') throw err;
-    throw new KvmError(`kvm-gmem: backend 'auto' found no usable KVM (${e.code}: ${path}) and no simulator is available: ${err.message}`, {
-      errno: e.errno, code: e.code, syscall: e.syscall, cause: e,
-    });
+    if (requested === 'kvm') throw accessHint(e, path);
+    return simulated(`${e.code}: ${path}`);
   }
 }

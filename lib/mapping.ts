@@ -1,7 +1,7 @@
 import { kvmError } from './errors.js';
 import type { GuestMemfd } from './gmem.js';
 import type { Memslot } from './memslots.js';
-import type { RawBackend } from './raw/types.js';
+import type { RawBackend, RawMapping } from './raw/types.js';
 import { toU64, hex } from './u64.js';
 
 /** The largest typed array V8 makes (4 GiB): bigger mappings are read through view(). */
@@ -20,7 +20,7 @@ export class Mapping {
   readonly length: bigint;
   readonly address: bigint;
   #raw: RawBackend;
-  #buffer: ArrayBuffer;
+  #mapping: RawMapping;
   #closed = false;
   #pins = new Set<Memslot>();
   #bytes: Uint8Array | undefined;
@@ -28,11 +28,11 @@ export class Mapping {
   _ref: WeakRef<Mapping> | undefined;
 
   /** @internal use GuestMemfd.map() */
-  constructor(gmem: GuestMemfd, raw: RawBackend, buffer: ArrayBuffer, address: bigint, offset: bigint, length: bigint) {
+  constructor(gmem: GuestMemfd, raw: RawBackend, mapping: RawMapping, offset: bigint, length: bigint) {
     this.guestMemfd = gmem;
     this.#raw = raw;
-    this.#buffer = buffer;
-    this.address = address;
+    this.#mapping = mapping;
+    this.address = mapping.address;
     this.offset = offset;
     this.length = length;
   }
@@ -51,7 +51,9 @@ export class Mapping {
     if (this.length > BigInt(MAX_VIEW)) {
       throw new RangeError(`mapping is ${this.length} bytes, more than a typed array holds (${MAX_VIEW}); use view(offset, length)`);
     }
-    return (this.#bytes ??= new Uint8Array(this.#buffer, 0, Number(this.length)));
+    // (The simulator may move a mapping's buffer when another mapping of the file comes or goes.)
+    if (this.#bytes?.buffer !== this.#mapping.buffer || this.#bytes.byteLength === 0) this.#bytes = this.#window(0, Number(this.length));
+    return this.#bytes;
   }
 
   /** A zero-copy window [offset, offset + length) of the mapping. */
@@ -63,7 +65,11 @@ export class Mapping {
       throw new RangeError(`view [${hex(off)}, ${hex(off + len)}) is outside the mapping (${hex(this.length)} bytes)`);
     }
     if (len > BigInt(MAX_VIEW)) throw new RangeError(`a view holds at most ${MAX_VIEW} bytes`);
-    return new Uint8Array(this.#buffer, Number(off), Number(len));
+    return this.#window(Number(off), Number(len));
+  }
+
+  #window(offset: number, length: number): Uint8Array {
+    return new Uint8Array(this.#mapping.buffer, (this.#mapping.byteOffset ?? 0) + offset, length);
   }
 
   /** Memslots whose userspace memory this mapping is. */
@@ -93,7 +99,7 @@ export class Mapping {
         conflict: { slot: ids[0]!, asId: [...this.#pins][0]!.asId },
       });
     }
-    this.#raw.munmap(this.#buffer);
+    this.#raw.munmap(this.#mapping);
     this.#closed = true;
     this.#bytes = undefined;
     this.guestMemfd._forget(this);

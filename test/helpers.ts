@@ -2,8 +2,10 @@ import { accessSync, constants as fsc, readdirSync, readFileSync } from 'node:fs
 import { expect } from 'vitest';
 import { openKvm, KvmError, type Kvm } from '../lib/index.js';
 
-/** The backend this vitest project runs (set per project in vitest.config.ts). */
-export const backendName = (process.env.KVM_GMEM_BACKEND ?? 'kvm') as 'kvm' | 'simulated';
+/** The backend this vitest project asks for (set per project in vitest.config.ts). */
+export const backendName = (process.env.KVM_GMEM_BACKEND ?? 'auto') as 'auto' | 'kvm' | 'simulated';
+/** The device path this project opens (the auto-fallback project points it nowhere). */
+export const devicePath = process.env.KVM_GMEM_TEST_PATH ?? '/dev/kvm';
 
 function canOpen(path: string): string | undefined {
   try {
@@ -14,11 +16,15 @@ function canOpen(path: string): string | undefined {
   }
 }
 
+/** Why the real kernel cannot be used here (undefined when /dev/kvm opens). */
+export const kvmUnavailable: string | undefined = canOpen('/dev/kvm');
 /** Why this project's backend cannot run here (undefined when it can). */
-export const unavailable: string | undefined = backendName === 'kvm' ? canOpen('/dev/kvm') : undefined;
+export const unavailable: string | undefined = backendName === 'kvm' ? canOpen(devicePath) : undefined;
+/** Whether this project's tests run on the simulator. */
+export const simulated = backendName === 'simulated' || (backendName === 'auto' && canOpen(devicePath) !== undefined);
 
 export function open(options: { precheck?: boolean } = {}): Kvm {
-  return openKvm({ backend: backendName, ...options });
+  return openKvm({ backend: backendName, path: devicePath, ...options });
 }
 
 export const MiB = 1n << 20n;

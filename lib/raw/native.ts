@@ -14,7 +14,11 @@ import { KvmError } from '../errors.js';
 import { traced } from '../debug.js';
 import { rawFunctionNames, type RawBackend } from './types.js';
 
-type Addon = Omit<RawBackend, 'kind'> & { setErrorClass(ctor: typeof KvmError): void };
+type Addon = Omit<RawBackend, 'kind' | 'munmap'> & {
+  setErrorClass(ctor: typeof KvmError): void;
+  munmap(buffer: ArrayBuffer): void;
+  mappingAddress(buffer: ArrayBuffer): bigint | undefined;
+};
 
 const require = createRequire(import.meta.url);
 /** Package root: this file is lib/raw/native.ts in the sources and dist/raw/native.js built. */
@@ -65,7 +69,9 @@ export function nativeBackend(): RawBackend {
   if (backend) return backend;
   const addon = loadAddon();
   const b = { kind: 'kvm', pageSize: addon.pageSize } as { -readonly [K in keyof RawBackend]: RawBackend[K] };
-  for (const name of rawFunctionNames) (b as Record<string, unknown>)[name] = addon[name];
+  for (const name of rawFunctionNames) (b as Record<string, unknown>)[name] = addon[name as keyof Addon];
+  // The addon unmaps by buffer (its mapping record is attached to it).
+  b.munmap = (m) => addon.munmap(m.buffer);
   backend = traced(b);
   return backend;
 }

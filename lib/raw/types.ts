@@ -51,10 +51,16 @@ export interface RawStat {
   ino: bigint;
 }
 
-/** What mmap returns: a zero-copy buffer over the whole mapping, and its address. */
+/**
+ * What mmap returns: the mapping's address, and its bytes as `byteLength` bytes of `buffer`
+ * from `byteOffset` (0 when absent). Native: an external ArrayBuffer over the mapping itself.
+ * Simulated: a buffer that mappings of the same file range share (so they alias), which may
+ * be replaced when another mapping comes or goes: read `buffer` again rather than keep it.
+ */
 export interface RawMapping {
-  buffer: ArrayBuffer;
-  address: bigint;
+  readonly buffer: ArrayBuffer;
+  readonly address: bigint;
+  readonly byteOffset?: number;
 }
 
 export interface RawBackend {
@@ -90,8 +96,8 @@ export interface RawBackend {
   fstat(fd: Handle): RawStat;
   /** mmap(NULL, length, prot, flags, fd, offset); MAP_FIXED is refused */
   mmap(fd: Handle, length: U64, offset: U64, prot: number, flags: number): RawMapping;
-  /** munmap of a buffer from mmap(): detaches it and every view over it. Idempotent. */
-  munmap(buffer: ArrayBuffer): void;
+  /** munmap of what mmap() returned: detaches every view over it. Idempotent. */
+  munmap(mapping: RawMapping): void;
 }
 
 /** The names of the RawBackend's functions (for tracing and for tests that walk them). */

@@ -4,7 +4,7 @@
  */
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { constants, KvmError, type Kvm, type Vm } from '../../lib/index.js';
-import { expectCode, isCloexec, MiB, open, PAGE, unavailable } from '../helpers.js';
+import { expectCode, isCloexec, MiB, open, PAGE, simulated, unavailable } from '../helpers.js';
 
 const { Falloc } = constants;
 
@@ -49,7 +49,7 @@ describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'}
     expect(b.stat().ino).not.toBe(sa.ino);
   });
 
-  test.runIf(process.env.KVM_GMEM_BACKEND !== 'simulated')('every fd the addon returns is FD_CLOEXEC (the kernel leaves gmem fds without it)', () => {
+  test.skipIf(simulated)('every fd the addon returns is FD_CLOEXEC (the kernel leaves gmem fds without it)', () => {
     using g = vm.createGuestMemfd({ size: PAGE });
     using v = vm.createVcpu(0);
     for (const fd of [kvm.fd, vm.fd, g.fd, v.fd]) expect(isCloexec(fd), `fd ${fd}`).toBe(true);

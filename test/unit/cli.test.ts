@@ -1,7 +1,10 @@
 /** The kvm-gmem command line, run in-process through its main(). */
 import { describe, expect, test } from 'vitest';
 import { main } from '../../lib/cli/main.js';
-import { backendName, unavailable } from '../helpers.js';
+import { simulated, unavailable } from '../helpers.js';
+
+/** The backend this project's tests run on, as the CLI names it. */
+const backendName = simulated ? 'simulated' : 'kvm';
 
 function run(...args: string[]): { code: number; out: string } {
   let out = '';

@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { expect, test } from 'vitest';
-import { unavailable } from '../helpers.js';
+import { kvmUnavailable as unavailable } from '../helpers.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
 
