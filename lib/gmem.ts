@@ -26,8 +26,8 @@ export class GuestMemfd {
   #mappings = new Children<Mapping>();
   /** @internal this gmem's entry in its VM's list */
   _ref: WeakRef<GuestMemfd> | undefined;
-  /** The whole-file mapping that slots use when no `userspace` is given. */
-  #own: Mapping | undefined;
+  /** Mappings made for slots that were given no `userspace` (unmapped with their last slot). */
+  #own = new Set<Mapping>();
 
   /** @internal use Vm.createGuestMemfd() */
   constructor(vm: Vm, raw: RawBackend, fd: Handle, size: bigint, flags: bigint) {
@@ -114,17 +114,27 @@ export class GuestMemfd {
     return m;
   }
 
-  /** @internal The whole-file mapping used as a slot's userspace memory by default. */
-  _ownMapping(): { mapping: Mapping; created: boolean } {
-    if (this.#own && !this.#own.closed) return { mapping: this.#own, created: false };
-    this.#own = this.map();
-    return { mapping: this.#own, created: true };
+  /**
+   * @internal The gmem's own mapping of [offset, offset + size), a slot's userspace memory
+   * when none is given: an existing one that covers the range, else a new one of exactly
+   * that range (never the whole file: a simulated terabyte file cannot be mapped whole).
+   */
+  _ownMapping(offset: bigint, size: bigint): { mapping: Mapping; created: boolean } {
+    for (const m of this.#own) if (m.offset <= offset && offset + size <= m.offset + m.length) return { mapping: m, created: false };
+    const mapping = this.map({ offset, length: size });
+    this.#own.add(mapping);
+    return { mapping, created: true };
+  }
+
+  /** @internal A slot stopped using `m`: unmap it if it was made for slots and none is left. */
+  _releaseOwn(m: Mapping): void {
+    if (this.#own.has(m) && m.slots.length === 0) m.close();
   }
 
   /** @internal a Mapping was unmapped */
   _forget(m: Mapping): void {
     this.#mappings.delete(m._ref);
-    if (this.#own === m) this.#own = undefined;
+    this.#own.delete(m);
   }
 
   /** fstat(2) of the file. */

@@ -231,7 +231,7 @@ export class MemslotTable {
     let created = false;
     if (userspace === undefined && gmem?.mmapable && gmem.initShared && gmemOffset + size <= gmem.size) {
       // (A range past the file's end gets no host memory; the kernel refuses it anyway.)
-      ({ mapping: userspace, created } = gmem._ownMapping());
+      ({ mapping: userspace, created } = gmem._ownMapping(gmemOffset, size));
     } else if (userspace === undefined && !gmem) {
       throw new TypeError('a memslot without guestMemfd needs userspace memory (a Mapping)');
     }
@@ -394,6 +394,7 @@ export class MemslotTable {
     }
     this.#bitmap(slot.asId)[slot.id >>> 5]! &= ~(1 << (slot.id & 31));
     slot.userspace?._unpin(slot);
+    if (slot.userspace) slot.userspace.guestMemfd._releaseOwn(slot.userspace);
     slot._markDeleted();
   }
 

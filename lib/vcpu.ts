@@ -1,6 +1,7 @@
 import { kvmError } from './errors.js';
 import { track, untrack } from './lifetime.js';
 import type { Handle, RawBackend } from './raw/types.js';
+import { toU64, type U64 } from './u64.js';
 import type { Vm } from './vm.js';
 
 /** A virtual CPU (KVM_CREATE_VCPU). */
@@ -28,6 +29,16 @@ export class Vcpu {
   }
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * KVM_PRE_FAULT_MEMORY: maps [gpa, gpa + size) into the guest ahead of its accesses.
+   * Returns the part not yet mapped ({ size: 0n } when all was); throws when no page was
+   * (ENOENT where no memslot is, EOPNOTSUPP where the host cannot pre-fault).
+   */
+  preFaultMemory(gpa: U64, size: U64): { gpa: bigint; size: bigint } {
+    const fd = this.fd;
+    return this.#raw.preFaultMemory(fd, { gpa: toU64(gpa, 'gpa'), size: toU64(size, 'size'), flags: 0n });
   }
 
   close(): void {

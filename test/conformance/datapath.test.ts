@@ -45,12 +45,19 @@ describe.skipIf(unavailable)('data path', () => {
   test("a slot without `userspace` on an mmap+initShared gmem uses the gmem's own mapping at its offset", () => {
     using gmem = vm.createGuestMemfd({ size: 8n * MiB, mmap: true, initShared: true });
     using a = vm.memslots.add({ guestPhysAddr: 0n, size: 2n * MiB, guestMemfd: gmem, guestMemfdOffset: 0n });
-    using b = vm.memslots.add({ guestPhysAddr: 4n * GiB, size: 2n * MiB, guestMemfd: gmem, guestMemfdOffset: 6n * MiB });
-    expect(a.userspace).toBe(b.userspace);
-    expect(b.userspaceAddr).toBe(a.userspaceAddr + 6n * MiB);
+    const b = vm.memslots.add({ guestPhysAddr: 4n * GiB, size: 2n * MiB, guestMemfd: gmem, guestMemfdOffset: 6n * MiB });
+    for (const s of [a, b]) {
+      expect(s.userspace!.guestMemfd).toBe(gmem);
+      expect(s.userspace!.offset + s.userspaceOffset).toBe(s.guestMemfdOffset);
+      expect(s.userspaceAddr).toBe(s.userspace!.address + s.userspaceOffset);
+    }
     using map = gmem.map();
     map.view(6n * MiB, 4).set([9, 8, 7, 6]);
     expect([...vm.memory.read(4n * GiB, 4)]).toEqual([9, 8, 7, 6]);
+    // The mapping made for a slot goes with the slot.
+    const own = b.userspace!;
+    b.delete();
+    expect(own.closed).toBe(true);
   });
 
   test('two slots on one gmem, a hole between them: both translations and their data', () => {

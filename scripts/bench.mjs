@@ -1,0 +1,27 @@
+#!/usr/bin/env node
+// npm run bench: runs each bench/*.mjs in its own process (with --expose-gc) against the
+// built package (dist/), prints what each prints, and writes the JSON lines they emit to
+// bench/out/results.json. Exit status 1 if any benchmark missed its target.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const only = process.argv.slice(2);
+const files = readdirSync(path.join(root, 'bench')).filter((f) => f.endsWith('.mjs') && (!only.length || only.some((o) => f.includes(o)))).sort();
+const results = [];
+let failed = 0;
+for (const f of files) {
+  const r = spawnSync(process.execPath, ['--expose-gc', path.join(root, 'bench', f)], { cwd: root, encoding: 'utf8', env: { ...process.env, BENCH_JSON: '1' } });
+  for (const line of r.stdout.split('\n')) {
+    if (line.startsWith('{')) results.push(JSON.parse(line));
+    else if (line) console.log(line);
+  }
+  if (r.stderr) process.stderr.write(r.stderr);
+  if (r.status !== 0) failed++;
+}
+mkdirSync(path.join(root, 'bench', 'out'), { recursive: true });
+writeFileSync(path.join(root, 'bench', 'out', 'results.json'), JSON.stringify(results, null, 2) + '\n');
+console.log(`bench: ${files.length} run, ${failed} missed their target; JSON in bench/out/results.json`);
+process.exitCode = failed ? 1 : 0;
