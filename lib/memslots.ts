@@ -1,6 +1,7 @@
 import { kvmError, type KvmError } from './errors.js';
 import { log } from './debug.js';
 import { GuestMemfd } from './gmem.js';
+import { GfnRadix } from './gfnradix.js';
 import { IntervalIndex } from './interval.js';
 import { Mapping } from './mapping.js';
 import { KVM_USER_MEM_SLOTS, MemFlag } from './raw/constants.js';
@@ -121,6 +122,8 @@ export class MemslotTable {
   readonly #page: bigint;
   #byKey = new Map<number, Memslot>();
   #byGfn = new Map<number, IntervalIndex<Memslot>>();
+  /** O(1) gfn -> slot lookup per address space (find/translate). */
+  #radix = new Map<number, GfnRadix<Memslot>>();
   #byFile = new Map<GuestMemfd, IntervalIndex<Memslot>>();
   /** Used slot ids of address space 0..n (bitmaps, for the lowest free id). */
   #used = new Map<number, Uint32Array>();
@@ -151,7 +154,7 @@ export class MemslotTable {
   /** The slot containing `gpa` (address space `asId`), in O(log n). */
   find(gpa: U64, asId = 0): Memslot | undefined {
     const g = toU64(gpa, 'gpa');
-    return this.#byGfn.get(asId)?.containing(Number(g / this.#page));
+    return this.#radix.get(asId)?.get(Number(g / this.#page));
   }
 
   /** gpa -> (slot, gmem, file offset, host address), or undefined where no slot is. */
@@ -258,9 +261,12 @@ export class MemslotTable {
       if (existing) {
         // A non-gmem slot moved or had LOG_DIRTY_PAGES toggled (the kernel's MOVE / FLAGS_ONLY).
         if (decision.op === 'move') {
+          const [lo, hi] = [Number(decision.baseGfn), Number(decision.baseGfn + decision.npages)];
           this.#byGfn.get(asId)!.remove(existing);
+          this.#radix.get(asId)!.remove(existing);
           existing.guestPhysAddr = gpa;
-          this.#byGfn.get(asId)!.insert(Number(decision.baseGfn), Number(decision.baseGfn + decision.npages), existing);
+          this.#byGfn.get(asId)!.insert(lo, hi, existing);
+          this.#radix.get(asId)!.insert(lo, hi, existing);
         }
         existing.flags = flags;
         return existing;
@@ -304,6 +310,7 @@ export class MemslotTable {
     }
     this.#byKey.clear();
     this.#byGfn.clear();
+    this.#radix.clear();
     this.#byFile.clear();
     this.#used.clear();
   }
@@ -375,6 +382,9 @@ export class MemslotTable {
     let idx = this.#byGfn.get(slot.asId);
     if (!idx) this.#byGfn.set(slot.asId, (idx = new IntervalIndex()));
     idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
+    let radix = this.#radix.get(slot.asId);
+    if (!radix) this.#radix.set(slot.asId, (radix = new GfnRadix()));
+    radix.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
     if (slot.guestMemfd) {
       let f = this.#byFile.get(slot.guestMemfd);
       if (!f) this.#byFile.set(slot.guestMemfd, (f = new IntervalIndex()));
@@ -387,6 +397,7 @@ export class MemslotTable {
   #remove(slot: Memslot): void {
     this.#byKey.delete((slot.asId << 16) | slot.id);
     this.#byGfn.get(slot.asId)?.remove(slot);
+    this.#radix.get(slot.asId)?.remove(slot);
     if (slot.guestMemfd) {
       const f = this.#byFile.get(slot.guestMemfd);
       f?.remove(slot);

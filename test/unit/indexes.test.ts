@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 import { RangeMap } from '../../lib/rangemap.js';
 import { IntervalIndex } from '../../lib/interval.js';
+import { GfnRadix } from '../../lib/gfnradix.js';
 
 describe('RangeMap', () => {
   test('equals a per-key model after any sequence of sets; adjacent equal ranges are merged', () => {
@@ -66,6 +67,39 @@ describe('IntervalIndex', () => {
         expect(idx.count).toBe(ivs.length - Math.ceil(ivs.length / 2));
       }),
       { numRuns: 200 },
+    );
+  });
+});
+
+describe('GfnRadix', () => {
+  test('get agrees with a linear scan across leaf and chunk boundaries; remove restores', () => {
+    const CH = 2 ** 18;
+    // interval starts/lengths chosen around 512-page leaves and 2^18-page chunks
+    const edge = fc.oneof(fc.nat(2000), fc.integer({ min: CH - 600, max: CH + 600 }), fc.integer({ min: 3 * CH - 10, max: 3 * CH + 10 }));
+    const len = fc.oneof(fc.integer({ min: 1, max: 1100 }), fc.integer({ min: CH - 2, max: 2 * CH + 2 }));
+    fc.assert(
+      fc.property(fc.array(fc.tuple(edge, len), { maxLength: 12 }), (raw) => {
+        const r = new GfnRadix<number>();
+        const ivs: [number, number][] = [];
+        for (const [s, l] of raw) {
+          if (ivs.some(([a, b]) => s < b && a < s + l)) continue;
+          ivs.push([s, s + l]);
+          r.insert(s, s + l, ivs.length - 1);
+        }
+        const probes = ivs.flatMap(([a, b]) => [a - 1, a, a + 1, b - 1, b, (a + b) >> 1, a + 511, a + 512]);
+        const expectAt = (g: number, alive: Set<number>) => {
+          const i = ivs.findIndex(([a, b], k) => alive.has(k) && a <= g && g < b);
+          expect(r.get(g)).toBe(i < 0 ? undefined : i);
+        };
+        const alive = new Set(ivs.map((_, i) => i));
+        for (const g of probes) expectAt(g, alive);
+        for (let i = 0; i < ivs.length; i += 2) {
+          r.remove(i);
+          alive.delete(i);
+        }
+        for (const g of probes) expectAt(g, alive);
+      }),
+      { numRuns: 150 },
     );
   });
 });
