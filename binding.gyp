@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "kvm_gmem",
-      "sources": ["native/addon.cc"],
+      "sources": ["native/addon.cc", "native/vcpu.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": [
         "NAPI_VERSION=8",

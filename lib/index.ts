@@ -12,7 +12,7 @@ export { Vm, AttributeBook, type GuestMemfdOptions, type AttributeRange, type In
 export { GuestMemfd } from './gmem.js';
 export { Mapping, MAX_VIEW } from './mapping.js';
 export { Memslot, MemslotTable, USER_ADDRESS_MAX, type MemslotOptions, type GuestRange, type Translation } from './memslots.js';
-export { Vcpu } from './vcpu.js';
+export { Vcpu, type VcpuExit, type Regs, type Sregs, type SregsUpdate, type Segment, type RunOptions } from './vcpu.js';
 export { RangeMap, type RangeEntry } from './rangemap.js';
 export { KvmError, isKvmError, type Conflict, type KvmErrorInit } from './errors.js';
 export { type Capabilities } from './capabilities.js';

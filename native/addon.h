@@ -15,6 +15,7 @@
 namespace kvmg {
 
 struct Mapping;
+struct RunState;
 
 // What one Node environment (main thread or worker) has open through the addon. The env
 // cleanup hook closes and unmaps whatever is still here when the environment ends, so a
@@ -23,13 +24,18 @@ struct Mapping;
 struct Registry {
   std::unordered_set<int> fds;
   std::unordered_set<Mapping*> mappings;
+  std::unordered_set<std::shared_ptr<RunState>> runs;  // KVM_RUN threads in flight
 };
+
+// Kicks every vCPU thread of the registry out of KVM_RUN and waits until each has left it.
+void StopRuns(Registry* registry);
 
 struct Mapping {
   void* addr;
   size_t length;
   bool mapped;
   std::shared_ptr<Registry> registry;
+  int busy = 0;  // KVM_RUN threads using this (a vCPU's kvm_run area): munmap is refused
 };
 
 // Per-environment addon instance (no mutable static state: safe in worker_threads).
@@ -62,6 +68,12 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value Mmap(const Napi::CallbackInfo& info);
   Napi::Value Munmap(const Napi::CallbackInfo& info);
   Napi::Value MappingAddress(const Napi::CallbackInfo& info);
+  Napi::Value GetRegs(const Napi::CallbackInfo& info);
+  Napi::Value SetRegs(const Napi::CallbackInfo& info);
+  Napi::Value GetSregs(const Napi::CallbackInfo& info);
+  Napi::Value SetSregs(const Napi::CallbackInfo& info);
+  Napi::Value Run(const Napi::CallbackInfo& info);
+  Napi::Value Kick(const Napi::CallbackInfo& info);
 
   Napi::Value NewFd(Napi::Env env, int fd);
   static void Cleanup(Registry* registry);

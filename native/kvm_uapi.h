@@ -77,6 +77,45 @@ struct kvm_pre_fault_memory {
 static_assert(sizeof(kvm_pre_fault_memory) == 64, "kvm_pre_fault_memory size");
 static_assert(offsetof(kvm_pre_fault_memory, flags) == 16, "flags offset");
 
+struct kvm_regs {  // x86: general-purpose registers
+  uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+  uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+  uint64_t rip, rflags;
+};
+static_assert(sizeof(kvm_regs) == 144, "kvm_regs size");
+static_assert(offsetof(kvm_regs, rip) == 128, "rip offset");
+
+struct kvm_segment {
+  uint64_t base;
+  uint32_t limit;
+  uint16_t selector;
+  uint8_t type, present, dpl, db, s, l, g, avl;
+  uint8_t unusable, padding;
+};
+static_assert(sizeof(kvm_segment) == 24, "kvm_segment size");
+
+struct kvm_dtable {
+  uint64_t base;
+  uint16_t limit;
+  uint16_t padding[3];
+};
+static_assert(sizeof(kvm_dtable) == 16, "kvm_dtable size");
+
+struct kvm_sregs {  // x86: segment and control registers
+  kvm_segment cs, ds, es, fs, gs, ss, tr, ldt;
+  kvm_dtable gdt, idt;
+  uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base;
+  uint64_t interrupt_bitmap[4];  // (KVM_NR_INTERRUPTS + 63) / 64
+};
+static_assert(sizeof(kvm_sregs) == 312, "kvm_sregs size");
+static_assert(offsetof(kvm_sregs, gdt) == 192, "gdt offset");
+static_assert(offsetof(kvm_sregs, cr0) == 224, "cr0 offset");
+static_assert(offsetof(kvm_sregs, interrupt_bitmap) == 280, "interrupt_bitmap offset");
+
+// struct kvm_run: the header fields kvm-gmem touches (the union is decoded in TypeScript).
+constexpr size_t kRunImmediateExit = 1;  // __u8 immediate_exit
+constexpr size_t kRunExitReason = 8;     // __u32 exit_reason
+
 // ---- ioctl numbers (asm-generic/ioctl.h encoding, x86-64) --------------------------------
 
 constexpr unsigned long IoctlNr(unsigned dir, unsigned nr, unsigned size) {
@@ -90,6 +129,11 @@ constexpr unsigned long KVM_CREATE_VM = IoctlNr(kDirNone, 0x01, 0);
 constexpr unsigned long KVM_CHECK_EXTENSION = IoctlNr(kDirNone, 0x03, 0);
 constexpr unsigned long KVM_GET_VCPU_MMAP_SIZE = IoctlNr(kDirNone, 0x04, 0);
 constexpr unsigned long KVM_CREATE_VCPU = IoctlNr(kDirNone, 0x41, 0);
+constexpr unsigned long KVM_RUN = IoctlNr(kDirNone, 0x80, 0);
+constexpr unsigned long KVM_GET_REGS = IoctlNr(kDirRead, 0x81, sizeof(kvm_regs));
+constexpr unsigned long KVM_SET_REGS = IoctlNr(kDirWrite, 0x82, sizeof(kvm_regs));
+constexpr unsigned long KVM_GET_SREGS = IoctlNr(kDirRead, 0x83, sizeof(kvm_sregs));
+constexpr unsigned long KVM_SET_SREGS = IoctlNr(kDirWrite, 0x84, sizeof(kvm_sregs));
 constexpr unsigned long KVM_SET_USER_MEMORY_REGION =
     IoctlNr(kDirWrite, 0x46, sizeof(kvm_userspace_memory_region));
 constexpr unsigned long KVM_SET_USER_MEMORY_REGION2 =
@@ -103,6 +147,9 @@ constexpr unsigned long KVM_PRE_FAULT_MEMORY =
 
 // Values the kernel documents (kernel-spec.md §1.3); a wrong encoder fails here.
 static_assert(KVM_CHECK_EXTENSION == 0xAE03, "KVM_CHECK_EXTENSION");
+static_assert(KVM_RUN == 0xAE80, "KVM_RUN");
+static_assert(KVM_GET_REGS == 0x8090AE81, "KVM_GET_REGS");
+static_assert(KVM_SET_SREGS == 0x4138AE84, "KVM_SET_SREGS");
 static_assert(KVM_CREATE_VM == 0xAE01, "KVM_CREATE_VM");
 static_assert(KVM_SET_USER_MEMORY_REGION == 0x4020AE46, "KVM_SET_USER_MEMORY_REGION");
 static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40A0AE49, "KVM_SET_USER_MEMORY_REGION2");

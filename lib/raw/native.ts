@@ -18,6 +18,8 @@ type Addon = Omit<RawBackend, 'kind' | 'munmap'> & {
   setErrorClass(ctor: typeof KvmError): void;
   munmap(buffer: ArrayBuffer): void;
   mappingAddress(buffer: ArrayBuffer): bigint | undefined;
+  run(vcpuFd: number, runArea: ArrayBuffer): { done: Promise<number>; token: object };
+  kick(token: object): void;
 };
 
 const require = createRequire(import.meta.url);
@@ -72,6 +74,10 @@ export function nativeBackend(): RawBackend {
   for (const name of rawFunctionNames) (b as Record<string, unknown>)[name] = addon[name as keyof Addon];
   // The addon unmaps by buffer (its mapping record is attached to it).
   b.munmap = (m) => addon.munmap(m.buffer);
+  b.run = (fd, area) => {
+    const r = addon.run(fd, area.buffer);
+    return { done: r.done, kick: () => addon.kick(r.token) };
+  };
   backend = traced(b);
   return backend;
 }

@@ -63,6 +63,14 @@ export interface RawMapping {
   readonly byteOffset?: number;
 }
 
+/** A KVM_RUN in flight on its own thread. */
+export interface RawRun {
+  /** Settles with the ioctl's errno (0 on success) when KVM_RUN returns; read the exit from the run area. */
+  done: Promise<number>;
+  /** Sets immediate_exit and signals the thread: KVM_RUN returns EINTR. Idempotent. */
+  kick(): void;
+}
+
 export interface RawBackend {
   readonly kind: 'kvm' | 'simulated';
   /** The host page size (sysconf(_SC_PAGESIZE)). */
@@ -98,6 +106,16 @@ export interface RawBackend {
   mmap(fd: Handle, length: U64, offset: U64, prot: number, flags: number): RawMapping;
   /** munmap of what mmap() returned: detaches every view over it. Idempotent. */
   munmap(mapping: RawMapping): void;
+  /** KVM_GET_REGS: struct kvm_regs (144 bytes). */
+  getRegs(vcpuFd: Handle): Uint8Array;
+  /** KVM_SET_REGS */
+  setRegs(vcpuFd: Handle, regs: Uint8Array): void;
+  /** KVM_GET_SREGS: struct kvm_sregs (312 bytes). */
+  getSregs(vcpuFd: Handle): Uint8Array;
+  /** KVM_SET_SREGS */
+  setSregs(vcpuFd: Handle, sregs: Uint8Array): void;
+  /** KVM_RUN off the event loop; runArea is the vCPU's mmap()ed kvm_run. */
+  run(vcpuFd: Handle, runArea: RawMapping): RawRun;
 }
 
 /** The names of the RawBackend's functions (for tracing and for tests that walk them). */
@@ -105,4 +123,5 @@ export const rawFunctionNames = [
   'open', 'close', 'getApiVersion', 'checkExtension', 'createVm', 'getVcpuMmapSize',
   'createVcpu', 'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2',
   'setMemoryAttributes', 'preFaultMemory', 'fallocate', 'fstat', 'mmap', 'munmap',
+  'getRegs', 'setRegs', 'getSregs', 'setSregs', 'run',
 ] as const satisfies readonly (keyof RawBackend)[];

@@ -402,6 +402,41 @@ export class SimBackend implements RawBackend {
     };
   }
 
+  // ---- vCPU state (registers are kept; guest code cannot run) ---------------------------
+
+  #vcpu(fd: Handle, request: string): Extract<SimObject, { kind: 'vcpu' }> {
+    const o = this.#get(fd, ioctl(request));
+    if (o.kind !== 'vcpu') fail(o.kind === 'gmem' ? 'ENOTTY' : 'EINVAL', ioctl(request), 'not a vCPU fd');
+    return o;
+  }
+
+  #regs = new Map<SimObject, { regs: Uint8Array; sregs: Uint8Array }>();
+  #state(o: SimObject): { regs: Uint8Array; sregs: Uint8Array } {
+    let s = this.#regs.get(o);
+    if (!s) this.#regs.set(o, (s = { regs: resetRegs(), sregs: resetSregs() }));
+    return s;
+  }
+
+  getRegs(vcpuFd: Handle): Uint8Array {
+    return this.#state(this.#vcpu(vcpuFd, 'KVM_GET_REGS')).regs.slice();
+  }
+  setRegs(vcpuFd: Handle, regs: Uint8Array): void {
+    const o = this.#vcpu(vcpuFd, 'KVM_SET_REGS');
+    this.#state(o).regs = structBytes(regs, 144, 'regs');
+  }
+  getSregs(vcpuFd: Handle): Uint8Array {
+    return this.#state(this.#vcpu(vcpuFd, 'KVM_GET_SREGS')).sregs.slice();
+  }
+  setSregs(vcpuFd: Handle, sregs: Uint8Array): void {
+    const o = this.#vcpu(vcpuFd, 'KVM_SET_SREGS');
+    this.#state(o).sregs = structBytes(sregs, 312, 'sregs');
+  }
+
+  run(vcpuFd: Handle, _runArea: RawMapping): never {
+    this.#vcpu(vcpuFd, 'KVM_RUN');
+    return fail('EOPNOTSUPP', ioctl('KVM_RUN'), 'the simulator cannot execute guest code: running a vCPU needs /dev/kvm');
+  }
+
   // ---- attributes and pre-fault -------------------------------------------------------
 
   setMemoryAttributes(vmFd: Handle, attributes: RawMemoryAttributes): void {
@@ -453,6 +488,41 @@ export class SimBackend implements RawBackend {
     }
     return { gpa, size };
   }
+}
+
+function structBytes(v: unknown, size: number, name: string): Uint8Array {
+  if (!ArrayBuffer.isView(v)) throw new TypeError(`${name} must be a typed array`);
+  if (v.byteLength !== size) throw new RangeError(`${name} must be ${size} bytes`);
+  return new Uint8Array(v.buffer, v.byteOffset, size).slice();
+}
+
+/** Registers after vCPU creation (x86 reset state: rflags bit 1, rip 0xfff0). */
+function resetRegs(): Uint8Array {
+  const b = new Uint8Array(144);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(128, 0xfff0n, true); // rip
+  v.setBigUint64(136, 2n, true); // rflags
+  return b;
+}
+
+/** Segment registers after reset: cs selector 0xf000 base 0xffff0000, the rest 0, real mode. */
+function resetSregs(): Uint8Array {
+  const b = new Uint8Array(312);
+  const v = new DataView(b.buffer);
+  for (let i = 0; i < 8; i++) {
+    const o = i * 24;
+    v.setUint32(o + 8, 0xffff, true); // limit
+    b[o + 13] = 1; // present
+    b[o + 16] = i < 6 ? 1 : 0; // s (code/data) for cs..ss
+    b[o + 12] = i === 0 ? 0xb : i < 6 ? 3 : i === 6 ? 0xb : 2; // type
+  }
+  v.setBigUint64(0, 0xffff0000n, true); // cs.base
+  v.setUint16(12 - 2, 0xf000, true); // cs.selector
+  v.setUint16(192 + 8, 0xffff, true); // gdt.limit
+  v.setUint16(208 + 8, 0xffff, true); // idt.limit
+  v.setBigUint64(224, 0x60000010n, true); // cr0
+  v.setBigUint64(272, 0xfee00900n, true); // apic_base
+  return b;
 }
 
 function isProcessFd(fd: number): boolean {
