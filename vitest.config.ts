@@ -6,7 +6,8 @@ import { defineConfig } from 'vitest/config';
  *   kvm            the real kernel (skips, with the reason, where /dev/kvm cannot be opened)
  *   sim            the simulator (default profile: 6.18 with KVM_X86_SW_PROTECTED_VM)
  *   auto-fallback  backend 'auto' with a device path that does not exist: the simulator
- * test/native/ holds what only the addon has (loader, finalizers, fds): kvm project only.
+ * test/native/ (loader, finalizers, fds) and test/guest/ (guest code on a real vCPU) need the
+ * addon: kvm project only.
  */
 const shared = ['test/conformance/**/*.test.ts', 'test/unit/**/*.test.ts'];
 
@@ -16,7 +17,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     projects: [
-      { extends: true, test: { name: 'kvm', include: [...shared, 'test/native/**/*.test.ts'], env: { KVM_GMEM_BACKEND: 'kvm' } } },
+      { extends: true, test: { name: 'kvm', include: [...shared, 'test/native/**/*.test.ts', 'test/guest/**/*.test.ts'], env: { KVM_GMEM_BACKEND: 'kvm' } } },
       { extends: true, test: { name: 'sim', include: shared, env: { KVM_GMEM_BACKEND: 'simulated' } } },
       {
         extends: true,

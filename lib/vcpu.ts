@@ -70,6 +70,8 @@ export class Vcpu {
   #closed = false;
   #runArea: RawMapping | undefined;
   #running: RawRun | undefined;
+  /** Kicks the run in flight, recording why. */
+  #stop: ((why: 'timeout' | 'canceled') => void) | undefined;
   /** @internal this vCPU's entry in its VM's list */
   _ref: WeakRef<Vcpu> | undefined;
 
@@ -166,10 +168,10 @@ export class Vcpu {
     let why: 'timeout' | 'canceled' | undefined;
     const r = this.#raw.run(fd, area);
     this.#running = r;
-    const stop = (reason: 'timeout' | 'canceled') => {
+    const stop = (this.#stop = (reason: 'timeout' | 'canceled') => {
       why ??= reason;
       r.kick();
-    };
+    });
     const timer = timeoutMs === undefined ? undefined : setTimeout(() => stop('timeout'), timeoutMs);
     const onAbort = () => stop('canceled');
     if (signal?.aborted) onAbort();
@@ -181,16 +183,20 @@ export class Vcpu {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
       this.#running = undefined;
-      if (this.#closed) this.#release();
+      this.#stop = undefined;
     }
-    const v = new DataView(run.buffer, run.byteOffset, run.byteLength);
-    const exitReason = v.getUint32(8, true);
-    if (errno === os.errno.EINTR) return { reason: why ?? 'interrupted' };
-    if (errno === os.errno.EFAULT && exitReason === EXIT.MEMORY_FAULT) return decodeExit(v, exitReason);
-    if (errno !== 0) {
-      throw new KvmError(`KVM_RUN: ${codeOf(errno)}`, { errno, code: codeOf(errno), syscall: 'ioctl', request: 'KVM_RUN' });
+    try {
+      const v = new DataView(run.buffer, run.byteOffset, run.byteLength);
+      const exitReason = v.getUint32(8, true);
+      if (errno === os.errno.EINTR) return { reason: why ?? 'interrupted' };
+      if (errno === os.errno.EFAULT && exitReason === EXIT.MEMORY_FAULT) return decodeExit(v, exitReason);
+      if (errno !== 0) {
+        throw new KvmError(`KVM_RUN: ${codeOf(errno)}`, { errno, code: codeOf(errno), syscall: 'ioctl', request: 'KVM_RUN' });
+      }
+      return decodeExit(v, exitReason);
+    } finally {
+      if (this.#closed) this.#release(); // close() while running left this to the run
     }
-    return decodeExit(v, exitReason);
   }
 
   /**
@@ -205,7 +211,7 @@ export class Vcpu {
 
   /** Kicks a running vCPU out of KVM_RUN (its run() resolves 'canceled'). */
   cancel(): void {
-    this.#running?.kick();
+    this.#stop?.('canceled');
   }
 
   #release(): void {
@@ -214,13 +220,14 @@ export class Vcpu {
     this.#raw.close(this.#fd);
   }
 
-  /** Closes the vCPU (idempotent). A run in flight is kicked out; the fd closes when it returns. */
+  /** Closes the vCPU (idempotent). A run in flight is kicked out (its run() resolves
+   * 'canceled'); the fd closes when it has returned. */
   close(): void {
     if (this.#closed) return;
     untrack(this);
     this.#closed = true;
     this.vm._forgetVcpu(this);
-    if (this.#running) this.#running.kick();
+    if (this.#stop) this.#stop('canceled');
     else this.#release();
   }
 

@@ -1,0 +1,36 @@
+/**
+ * Tiny real-mode guest programs, as commented byte arrays. The vCPU starts with cs.base = 0,
+ * so code at guest-physical address X runs at ip = X.
+ */
+
+/** Reads the byte at [src] and reports it on port 0x10, then writes `value` to [dst]; hlt. */
+export function readThenWrite(src: number, dst: number, value: number): Uint8Array {
+  return Uint8Array.of(
+    0xa0, src & 0xff, src >> 8, //       mov al, [src]
+    0xe6, 0x10, //                       out 0x10, al
+    0xc6, 0x06, dst & 0xff, dst >> 8, value, // mov byte [dst], value
+    0xf4, //                             hlt
+  );
+}
+
+/** Reports the bytes at each address on port 0x10 (one out per address); hlt. */
+export function readEach(addrs: number[]): Uint8Array {
+  const code: number[] = [];
+  for (const a of addrs) code.push(0xa0, a & 0xff, a >> 8, 0xe6, 0x10); // mov al, [a]; out 0x10, al
+  code.push(0xf4); // hlt
+  return Uint8Array.from(code);
+}
+
+/** Loads ds = seg, reads [off] and reports it on port 0x10; hlt. (Reaches up to 1 MiB.) */
+export function readFar(seg: number, off: number): Uint8Array {
+  return Uint8Array.of(
+    0xb8, seg & 0xff, seg >> 8, //      mov ax, seg
+    0x8e, 0xd8, //                      mov ds, ax
+    0xa0, off & 0xff, off >> 8, //      mov al, [off]
+    0xe6, 0x10, //                      out 0x10, al
+    0xf4, //                            hlt
+  );
+}
+
+/** jmp $ : loops forever. */
+export const spin = Uint8Array.of(0xeb, 0xfe);
