@@ -2,12 +2,14 @@
 /**
  * kvm-gmem: the command-line face of the library.
  *   kvm-gmem caps [--json] [--backend B]   what this host's KVM supports, and what 'auto' picks
+ *   kvm-gmem selftest [--backend B]        the kernel selftests' guest_memfd cases, as TAP
  *   kvm-gmem demo [--backend B]            a narrated walk-through of guest_memfd
  */
 import { parseArgs } from 'node:util';
 import { openKvm, type BackendName, type Kvm } from '../index.js';
 import { caps } from './caps.js';
 import { demo } from './demo.js';
+import { selftest } from './selftest.js';
 
 const USAGE = `usage: kvm-gmem <command> [options]
 
@@ -15,6 +17,7 @@ Drive Linux KVM guest_memfd from Node.js (real /dev/kvm, or the simulator where 
 
 commands:
   caps      print the host's KVM capabilities and which backend 'auto' picks (--json for JSON)
+  selftest  run the kernel selftests' guest_memfd cases and print TAP (exit 1 on a failure)
   demo      a short narrated walk-through: VM, guest_memfd, two memslots, data, punch-hole
 
 options:
@@ -29,6 +32,14 @@ Prints a table of the KVM capabilities that matter to guest_memfd (read on a def
 the VM types the host can create, and which backend 'auto' picks (and why).
   --json   the same as JSON
 `,
+  selftest: `usage: kvm-gmem selftest [--backend auto|kvm|simulated] [--filter TEXT]
+
+Runs the guest_memfd cases of the kernel's KVM selftests (guest_memfd_test.c,
+set_memory_region_test.c, private_mem_conversions_test.c, private_mem_kvm_exits_test.c,
+pre_fault_memory_test.c) and prints TAP: 'ok N name', 'not ok N name' with the reason, and
+'# SKIP <missing capability>' for a case this backend cannot run. Exit status 1 on a failure.
+  --filter TEXT   only the cases whose name contains TEXT
+`,
   demo: `usage: kvm-gmem demo [--backend auto|kvm|simulated]
 
 Walks through guest_memfd step by step, explaining each: a VM, an 8 MiB guest_memfd, two
@@ -37,13 +48,13 @@ guest ranges it invalidated, and memory attributes where the host has them.
 `,
 };
 
-export function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): number {
+export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { help: { type: 'boolean', short: 'h' }, json: { type: 'boolean' }, backend: { type: 'string' } },
+      options: { help: { type: 'boolean', short: 'h' }, json: { type: 'boolean' }, backend: { type: 'string' }, filter: { type: 'string' } },
     });
   } catch (e) {
     out(`kvm-gmem: ${(e as Error).message}\n\n${USAGE}`);
@@ -73,12 +84,13 @@ export function main(argv: string[], out: (s: string) => void = (s) => process.s
   }
   try {
     if (command === 'caps') return caps(kvm, { json: values.json ?? false }, out);
-    return demo(kvm, out);
+    if (command === 'selftest') return await selftest(kvm, out, values.filter);
+    return await demo(kvm, out);
   } finally {
     kvm.close();
   }
 }
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/kvm-gmem')) {
-  process.exitCode = main(process.argv.slice(2));
+  process.exitCode = await main(process.argv.slice(2));
 }

@@ -6,7 +6,7 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { openKvm, type GuestMemfd, type Kvm, type Vcpu, type Vm } from '../../lib/index.js';
 import { expectCode, kvmUnavailable, MiB, PAGE } from '../helpers.js';
-import { readEach, readFar, readThenWrite, spin } from './programs.js';
+import { readEach, readFar, readThenWrite, spin } from '../../lib/selftest/programs.js';
 
 const KiB = 1024n;
 

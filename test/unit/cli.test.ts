@@ -6,40 +6,55 @@ import { simulated, unavailable } from '../helpers.js';
 /** The backend this project's tests run on, as the CLI names it. */
 const backendName = simulated ? 'simulated' : 'kvm';
 
-function run(...args: string[]): { code: number; out: string } {
+async function run(...args: string[]): Promise<{ code: number; out: string }> {
   let out = '';
-  const code = main(args, (s) => (out += s));
+  const code = await main(args, (s) => (out += s));
   return { code, out };
 }
 
 describe('kvm-gmem CLI', () => {
-  test('--help everywhere; unknown commands are usage errors', () => {
-    expect(run('--help')).toMatchObject({ code: 0, out: expect.stringMatching(/^usage: kvm-gmem <command>/) });
-    expect(run('caps', '--help')).toMatchObject({ code: 0, out: expect.stringMatching(/^usage: kvm-gmem caps/) });
-    expect(run('demo', '-h')).toMatchObject({ code: 0, out: expect.stringMatching(/^usage: kvm-gmem demo/) });
-    expect(run('frobnicate').code).toBe(2);
-    expect(run('caps', '--bogus').code).toBe(2);
-    expect(run().code).toBe(2);
+  test('--help everywhere; unknown commands are usage errors', async () => {
+    expect(await run('--help')).toMatchObject({ code: 0, out: expect.stringMatching(/^usage: kvm-gmem <command>/) });
+    expect(await run('caps', '--help')).toMatchObject({ code: 0, out: expect.stringMatching(/^usage: kvm-gmem caps/) });
+    expect(await run('demo', '-h')).toMatchObject({ code: 0, out: expect.stringMatching(/^usage: kvm-gmem demo/) });
+    expect((await run('frobnicate')).code).toBe(2);
+    expect((await run('caps', '--bogus')).code).toBe(2);
+    expect((await run()).code).toBe(2);
   });
 
   describe.skipIf(unavailable)('on the backend', () => {
-    test('caps prints the table and, with --json, parseable JSON', () => {
-      const t = run('caps', '--backend', backendName);
+    test('caps prints the table and, with --json, parseable JSON', async () => {
+      const t = await run('caps', '--backend', backendName);
       expect(t.code).toBe(0);
       expect(t.out).toMatch(/KVM_CAP_GUEST_MEMFD\s+234\s+yes/);
-      const j = run('caps', '--json', '--backend', backendName);
+      const j = await run('caps', '--json', '--backend', backendName);
       const parsed = JSON.parse(j.out);
       expect(parsed.backend).toBe(backendName);
       expect(parsed.capabilities.maxMemslots).toBe(32764);
     });
 
-    test('demo tells the story and ends cleanly', () => {
-      const d = run('demo', '--backend', backendName);
+    test('demo tells the story and ends cleanly', async () => {
+      const d = await run('demo', '--backend', backendName);
       expect(d.code, d.out).toBe(0);
       expect(d.out).toMatch(/already bound to slot 1/);
       expect(d.out).toMatch(/slot 1: gfn \[0x100000, 0x100200\)/);
       expect(d.out).toMatch(/now reads all zeros/);
-      expect(d.out).toMatch(/^8\. Done/m);
+      expect(d.out).toMatch(simulated ? /cannot execute guest code/ : /"hi from the guest" \(then hlt\)/);
+      expect(d.out).toMatch(simulated ? /private ranges \[0x0, 0x100000\) \[0x101000, 0x200000\)/ : /KVM_SET_MEMORY_ATTRIBUTES \(ENOTTY\)/);
+      expect(d.out).toMatch(/^9\. Done/m);
+    });
+
+    test('selftest prints TAP with no failure; skips name the missing capability', async () => {
+      const r = await run('selftest', '--backend', backendName);
+      expect(r.code, r.out).toBe(0);
+      expect(r.out).toMatch(/^TAP version 13\n/);
+      const plan = /^1\.\.(\d+)$/m.exec(r.out);
+      expect(Number(plan![1])).toBeGreaterThan(15);
+      expect(r.out).not.toMatch(/^not ok/m);
+      expect(r.out).toMatch(/^ok \d+ test_fallocate$/m);
+      for (const skip of r.out.matchAll(/# SKIP (.*)$/gm)) expect(skip[1]).toMatch(/^requires /);
+      const f = await run('selftest', '--backend', backendName, '--filter', 'punch');
+      expect(f.out).toMatch(/^1\.\.1$/m);
     });
   });
 });

@@ -34,3 +34,15 @@ export function readFar(seg: number, off: number): Uint8Array {
 
 /** jmp $ : loops forever. */
 export const spin = Uint8Array.of(0xeb, 0xfe);
+
+/** Writes the `len` bytes at [addr] to port 0x10, one out each (lodsb; out; loop); hlt. */
+export function printString(addr: number, len: number): Uint8Array {
+  return Uint8Array.of(
+    0xbe, addr & 0xff, addr >> 8, //    mov si, addr
+    0xb9, len & 0xff, len >> 8, //      mov cx, len
+    0xac, //                            lodsb            (al = [ds:si++])
+    0xe6, 0x10, //                      out 0x10, al
+    0xe2, 0xfb, //                      loop lodsb       (cx--, back 5 bytes while cx != 0)
+    0xf4, //                            hlt
+  );
+}
