@@ -24,8 +24,6 @@ export class GuestMemfd {
   #fd: Handle;
   #closed = false;
   #mappings = new Children<Mapping>();
-  /** @internal this gmem's entry in its VM's list */
-  _ref: WeakRef<GuestMemfd> | undefined;
   /** Mappings made for slots that were given no `userspace` (unmapped with their last slot). */
   #own = new Set<Mapping>();
 
@@ -110,7 +108,7 @@ export class GuestMemfd {
     }
     const raw = this.#raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
     const m = new Mapping(this, this.#raw, raw, offset, length);
-    m._ref = this.#mappings.add(m);
+    this.#mappings.add(m);
     return m;
   }
 
@@ -133,7 +131,7 @@ export class GuestMemfd {
 
   /** @internal a Mapping was unmapped */
   _forget(m: Mapping): void {
-    this.#mappings.delete(m._ref);
+    this.#mappings.delete(m);
     this.#own.delete(m);
   }
 

@@ -2,7 +2,7 @@ import { readCapabilities, type Capabilities } from './capabilities.js';
 import { SimBackend, defaultProfile, profileFromCapabilities, type SimProfile } from './raw/sim/index.js';
 import { traced } from './debug.js';
 import { KvmError, kvmError } from './errors.js';
-import { Children, track, untrack } from './lifetime.js';
+import { track, untrack } from './lifetime.js';
 import { VmType, type VmTypeName } from './raw/constants.js';
 import { nativeBackend } from './raw/native.js';
 import type { Handle, RawBackend } from './raw/types.js';
@@ -51,7 +51,6 @@ export class Kvm {
   readonly precheck: boolean;
   #fd: Handle;
   #closed = false;
-  #vms = new Children<Vm>();
 
   /** @internal use openKvm() */
   constructor(raw: RawBackend, fd: Handle, path: string, precheck: boolean, fallbackReason?: string) {
@@ -105,19 +104,7 @@ export class Kvm {
   createVm(options: VmOptions = {}): Vm {
     if (typeof options !== 'object' || options === null) throw new TypeError(`VM options must be an object, got ${typeName(options)}`);
     const type = resolveVmType(options.type ?? 'default');
-    const vm = new Vm(this, this.raw, this.raw.createVm(this.fd, type), type, this.precheck);
-    vm._ref = this.#vms.add(vm);
-    return vm;
-  }
-
-  /** VMs created here and not yet closed. */
-  get vms(): readonly Vm[] {
-    return this.#vms.live();
-  }
-
-  /** @internal */
-  _forgetVm(vm: Vm): void {
-    this.#vms.delete(vm._ref);
+    return new Vm(this, this.raw, this.raw.createVm(this.fd, type), type, this.precheck);
   }
 
   /** Closes the /dev/kvm handle (idempotent). VMs stay usable until closed themselves. */

@@ -72,8 +72,6 @@ export class Vcpu {
   #running: RawRun | undefined;
   /** Kicks the run in flight, recording why. */
   #stop: ((why: 'timeout' | 'canceled') => void) | undefined;
-  /** @internal this vCPU's entry in its VM's list */
-  _ref: WeakRef<Vcpu> | undefined;
 
   /** @internal use Vm.createVcpu() */
   constructor(vm: Vm, raw: RawBackend, fd: Handle, id: number) {

@@ -99,8 +99,6 @@ export class Vm extends EventEmitter {
   #closed = false;
   #gmems = new Children<GuestMemfd>();
   #vcpus = new Children<Vcpu>();
-  /** @internal this VM's entry in its Kvm's list */
-  _ref: WeakRef<Vm> | undefined;
   #caps: Capabilities | undefined;
 
   /** @internal use Kvm.createVm() */
@@ -170,7 +168,7 @@ export class Vm extends EventEmitter {
       throw e;
     }
     const g = new GuestMemfd(this, this.#raw, fd, size, flags);
-    g._ref = this.#gmems.add(g);
+    this.#gmems.add(g);
     return g;
   }
 
@@ -199,17 +197,17 @@ export class Vm extends EventEmitter {
     const vcpuId = toInt(id, 'id', 0, 2 ** 32 - 1);
     const fd = this.#raw.createVcpu(this.#fd, vcpuId);
     const v = new Vcpu(this, this.#raw, fd, vcpuId);
-    v._ref = this.#vcpus.add(v);
+    this.#vcpus.add(v);
     return v;
   }
 
   /** @internal */
   _forgetGmem(g: GuestMemfd): void {
-    this.#gmems.delete(g._ref);
+    this.#gmems.delete(g);
   }
   /** @internal */
   _forgetVcpu(v: Vcpu): void {
-    this.#vcpus.delete(v._ref);
+    this.#vcpus.delete(v);
   }
 
   /** Walks [gpa, gpa + length) slot by slot through each slot's host mapping. */
@@ -259,7 +257,6 @@ export class Vm extends EventEmitter {
     for (const g of this.#gmems.live()) g.close();
     untrack(this);
     this.#closed = true;
-    this.kvm._forgetVm(this);
     this.#raw.close(this.#fd);
   }
 

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace kvmg {
@@ -23,20 +24,27 @@ struct RunState;
 // finalizer running after the addon instance is gone never touches freed memory.
 struct Registry {
   std::unordered_set<int> fds;
-  std::unordered_set<Mapping*> mappings;
+  std::unordered_map<void*, Mapping*> mappings;         // by address, while mapped
   std::unordered_set<std::shared_ptr<RunState>> runs;  // KVM_RUN threads in flight
 };
 
-// Kicks every vCPU thread of the registry out of KVM_RUN and waits until each has left it.
-void StopRuns(Registry* registry);
-
+// A mapping made by mmap(), until munmap() (or the environment's end). Its ArrayBuffer is
+// made on first request and held until munmap, which detaches it.
 struct Mapping {
   void* addr;
   size_t length;
-  bool mapped;
-  std::shared_ptr<Registry> registry;
+  napi_ref buffer = nullptr;
   int busy = 0;  // KVM_RUN threads using this (a vCPU's kvm_run area): munmap is refused
 };
+
+// The live mapping at `addr`, or nullptr.
+inline Mapping* FindMapping(Registry* registry, uint64_t addr) {
+  auto it = registry->mappings.find(reinterpret_cast<void*>(addr));
+  return it == registry->mappings.end() ? nullptr : it->second;
+}
+
+// Kicks every vCPU thread of the registry out of KVM_RUN and waits until each has left it.
+void StopRuns(Registry* registry);
 
 // Per-environment addon instance (no mutable static state: safe in worker_threads).
 class Addon : public Napi::Addon<Addon> {
@@ -47,27 +55,11 @@ class Addon : public Napi::Addon<Addon> {
   Napi::FunctionReference errorClass;  // KvmError, registered by lib/raw/native.ts
 
   // Throws KvmError(errno) for a failed `syscall` (request: the KVM ioctl name, or null).
-  void ThrowErrno(Napi::Env env, int err, const char* syscall, const char* request);
+  void ThrowErrno(napi_env env, int err, const char* syscall, const char* request);
+  // Records an fd the addon created and returns it as a JS number.
+  napi_value NewFd(napi_env env, int fd);
 
- private:
-  Napi::Value SetErrorClass(const Napi::CallbackInfo& info);
-  Napi::Value Open(const Napi::CallbackInfo& info);
-  Napi::Value Close(const Napi::CallbackInfo& info);
-  Napi::Value GetApiVersion(const Napi::CallbackInfo& info);
-  Napi::Value CheckExtension(const Napi::CallbackInfo& info);
-  Napi::Value CreateVm(const Napi::CallbackInfo& info);
-  Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info);
-  Napi::Value CreateVcpu(const Napi::CallbackInfo& info);
-  Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info);
-  Napi::Value SetUserMemoryRegion(const Napi::CallbackInfo& info);
-  Napi::Value SetUserMemoryRegion2(const Napi::CallbackInfo& info);
-  Napi::Value SetMemoryAttributes(const Napi::CallbackInfo& info);
-  Napi::Value PreFaultMemory(const Napi::CallbackInfo& info);
-  Napi::Value Fallocate(const Napi::CallbackInfo& info);
-  Napi::Value Fstat(const Napi::CallbackInfo& info);
-  Napi::Value Mmap(const Napi::CallbackInfo& info);
-  Napi::Value Munmap(const Napi::CallbackInfo& info);
-  Napi::Value MappingAddress(const Napi::CallbackInfo& info);
+  // vCPU calls (vcpu.cc), as node-addon-api instance methods.
   Napi::Value GetRegs(const Napi::CallbackInfo& info);
   Napi::Value SetRegs(const Napi::CallbackInfo& info);
   Napi::Value GetSregs(const Napi::CallbackInfo& info);
@@ -75,7 +67,7 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value Run(const Napi::CallbackInfo& info);
   Napi::Value Kick(const Napi::CallbackInfo& info);
 
-  Napi::Value NewFd(Napi::Env env, int fd);
+ private:
   static void Cleanup(Registry* registry);
 };
 

@@ -1,4 +1,5 @@
-// Argument checking shared by the addon's source files.
+// Argument checking shared by the addon's source files, on plain Node-API values (the calls
+// are hot: node-addon-api's wrappers cost as much as a cheap ioctl).
 #pragma once
 
 #include <napi.h>
@@ -6,115 +7,124 @@
 #include <cstdint>
 #include <string>
 
-#include "addon.h"
-
 namespace kvmg {
 
-// Identifies ArrayBuffers created by mmap() below (Node-API 8 type tags).
-inline constexpr napi_type_tag kMappingTag = {0x6b766d2d676d656dULL, 0x6d617070696e6721ULL};
+class Addon;
 
 inline constexpr double kMaxSafeInteger = 9007199254740991.0;
 
-// Argument reader: each accessor validates one argument; after the first failure it has
-// thrown and every later accessor is a no-op, so callers check `ok` once.
+// Reads a call's arguments. Each accessor validates one argument (wrong type: TypeError;
+// does not fit: RangeError); after the first failure it has thrown and every later accessor
+// is a no-op, so callers check `ok` once.
 class Args {
  public:
-  explicit Args(const Napi::CallbackInfo& info) : info_(info), env_(info.Env()) {}
+  static constexpr size_t kMax = 6;
+  // `want`: how many arguments the function reads (fewer slots to fill on hot calls).
+  Args(napi_env env, napi_callback_info info, size_t want = kMax) : env(env), argc_(want) {
+    napi_get_cb_info(env, info, &argc_, argv_, nullptr, &data_);
+  }
+  explicit Args(const Napi::CallbackInfo& info) : env(info.Env()), data_(info.Data()) {
+    for (size_t i = 0; i < kMax; i++) argv_[i] = info[i];
+  }
+
+  napi_env env;
   bool ok = true;
 
-  int32_t Int32(size_t i, const char* name) { return Int32Of(info_[i], name); }
-  uint32_t Uint32(size_t i, const char* name) { return Uint32Of(info_[i], name); }
-  uint64_t Uint64(size_t i, const char* name) { return Uint64Of(info_[i], name); }
+  // The addon instance: the data pointer every function was created with.
+  Addon* addon() const { return static_cast<Addon*>(data_); }
+  napi_value arg(size_t i) const { return argv_[i]; }
 
-  Napi::Object Object(size_t i, const char* name) {
-    if (!ok) return Napi::Object();
-    Napi::Value v = info_[i];
-    if (!v.IsObject()) {
+  int32_t Int32(size_t i, const char* name) { return static_cast<int32_t>(Integer(argv_[i], name, INT32_MIN, INT32_MAX)); }
+  uint32_t Uint32(size_t i, const char* name) { return static_cast<uint32_t>(Integer(argv_[i], name, 0, UINT32_MAX)); }
+  uint64_t Uint64(size_t i, const char* name) { return Uint64Of(argv_[i], name); }
+
+  // An object argument (nullptr after a failure).
+  napi_value Object(size_t i, const char* name) {
+    if (!ok) return nullptr;
+    napi_valuetype t;
+    napi_typeof(env, argv_[i], &t);
+    if (t != napi_object) {
       Fail(true, std::string(name) + " must be an object");
-      return Napi::Object();
+      return nullptr;
     }
-    return v.As<Napi::Object>();
+    return argv_[i];
   }
 
-  // Optional properties default to 0, as in a C designated initializer.
-  uint32_t Uint32Prop(Napi::Object o, const char* key, bool required) {
-    Napi::Value v = Prop(o, key, required);
-    return (ok && !v.IsUndefined()) ? Uint32Of(v, key) : 0;
+  // Properties of a struct-like object; optional ones default to 0, as in a C initializer.
+  uint32_t Uint32Prop(napi_value o, const char* key, bool required) {
+    napi_value v = Prop(o, key, required);
+    return v ? static_cast<uint32_t>(Integer(v, key, 0, UINT32_MAX)) : 0;
   }
-  uint64_t Uint64Prop(Napi::Object o, const char* key, bool required) {
-    Napi::Value v = Prop(o, key, required);
-    return (ok && !v.IsUndefined()) ? Uint64Of(v, key) : 0;
+  uint64_t Uint64Prop(napi_value o, const char* key, bool required) {
+    napi_value v = Prop(o, key, required);
+    return v ? Uint64Of(v, key) : 0;
   }
 
-  // Throws TypeError (type=true) or RangeError (type=false) and marks the call failed.
   void Fail(bool type, const std::string& msg) {
     if (!ok) return;
     ok = false;
     if (type)
-      Napi::TypeError::New(env_, msg).ThrowAsJavaScriptException();
+      napi_throw_type_error(env, nullptr, msg.c_str());
     else
-      Napi::RangeError::New(env_, msg).ThrowAsJavaScriptException();
+      napi_throw_range_error(env, nullptr, msg.c_str());
   }
 
  private:
-  Napi::Value Prop(Napi::Object o, const char* key, bool required) {
-    if (!ok) return Napi::Value();
-    Napi::Value v = o.Get(key);
-    if (env_.IsExceptionPending()) {  // a throwing getter
+  // The property's value, or nullptr when absent (undefined) or after a failure.
+  napi_value Prop(napi_value o, const char* key, bool required) {
+    if (!ok) return nullptr;
+    napi_value v;
+    if (napi_get_named_property(env, o, key, &v) != napi_ok) {  // a throwing getter
       ok = false;
-      return Napi::Value();
+      return nullptr;
     }
-    if (required && v.IsUndefined()) Fail(true, std::string(key) + " is required");
+    napi_valuetype t;
+    napi_typeof(env, v, &t);
+    if (t == napi_undefined) {
+      if (required) Fail(true, std::string(key) + " is required");
+      return nullptr;
+    }
     return v;
   }
 
-  // A JS number that is an integer in [lo, hi].
-  double IntegerOf(Napi::Value v, const char* name, double lo, double hi) {
+  double Integer(napi_value v, const char* name, double lo, double hi) {
     if (!ok) return 0;
     double d;
-    if (napi_get_value_double(env_, v, &d) != napi_ok) {
+    if (napi_get_value_double(env, v, &d) != napi_ok) {
       Fail(true, std::string(name) + " must be a number");
       return 0;
     }
     if (!(d >= lo && d <= hi) || d != static_cast<double>(static_cast<int64_t>(d))) {
-      Fail(false, std::string(name) + " must be an integer in [" + std::to_string((int64_t)lo) +
-                      ", " + std::to_string((int64_t)hi) + "]");
+      Fail(false, std::string(name) + " must be an integer in [" + std::to_string(static_cast<int64_t>(lo)) + ", " +
+                      std::to_string(static_cast<int64_t>(hi)) + "]");
       return 0;
     }
     return d;
   }
-  int32_t Int32Of(Napi::Value v, const char* name) {
-    return static_cast<int32_t>(IntegerOf(v, name, INT32_MIN, INT32_MAX));
-  }
-  uint32_t Uint32Of(Napi::Value v, const char* name) {
-    return static_cast<uint32_t>(IntegerOf(v, name, 0, UINT32_MAX));
-  }
-  uint64_t Uint64Of(Napi::Value v, const char* name) {
+
+  uint64_t Uint64Of(napi_value v, const char* name) {
     if (!ok) return 0;
-    if (v.IsBigInt()) {
-      bool lossless = false;
-      uint64_t u = v.As<Napi::BigInt>().Uint64Value(&lossless);
-      if (!lossless) Fail(false, std::string(name) + " does not fit in a u64");
-      return u;
+    double d;
+    if (napi_get_value_double(env, v, &d) == napi_ok) {
+      if (!(d >= 0 && d <= kMaxSafeInteger) || d != static_cast<double>(static_cast<uint64_t>(d))) {
+        Fail(false, std::string(name) + " must be a non-negative safe integer (use a bigint for larger values)");
+        return 0;
+      }
+      return static_cast<uint64_t>(d);
     }
-    if (!v.IsNumber()) {
+    uint64_t u;
+    bool lossless = false;
+    if (napi_get_value_bigint_uint64(env, v, &u, &lossless) != napi_ok) {
       Fail(true, std::string(name) + " must be a bigint or a number");
       return 0;
     }
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0 && d <= kMaxSafeInteger) || d != static_cast<double>(static_cast<uint64_t>(d))) {
-      Fail(false, std::string(name) +
-                      " must be a non-negative safe integer (use a bigint for larger values)");
-      return 0;
-    }
-    return static_cast<uint64_t>(d);
+    if (!lossless) Fail(false, std::string(name) + " does not fit in a u64");
+    return u;
   }
 
-  const Napi::CallbackInfo& info_;
-  Napi::Env env_;
+  size_t argc_ = kMax;
+  napi_value argv_[kMax];
+  void* data_ = nullptr;
 };
-
-// The Mapping record of an ArrayBuffer returned by mmap(), or nullptr (TypeError thrown).
-Mapping* UnwrapMapping(Napi::Env env, Napi::Value v);
 
 }  // namespace kvmg

@@ -27,7 +27,6 @@ struct RunState {
   int fd;
   volatile uint8_t* run;  // the vCPU's kvm_run mapping
   Mapping* area;          // ... whose munmap is refused while this run lasts
-  Napi::Reference<Napi::ArrayBuffer> areaRef;  // ... and which GC cannot finalize meanwhile
   std::mutex mu;
   bool running = true;  // the thread has not yet returned from KVM_RUN
   pthread_t thread{};
@@ -121,16 +120,17 @@ Napi::Value Addon::GetSregs(const Napi::CallbackInfo& info) { return GetStruct<k
 Napi::Value Addon::SetSregs(const Napi::CallbackInfo& info) { return SetStruct<kvm_sregs>(this, info, KVM_SET_SREGS, "KVM_SET_SREGS"); }
 
 // run(vcpuFd, runArea): { done: Promise<errno (0 on success)>, token } — KVM_RUN on a new
-// thread. runArea is the vCPU's kvm_run mapping (mmap of the vCPU fd). The exit is then read
+// thread. runArea is the address of the vCPU's kvm_run mapping (mmap of the vCPU fd). The exit is then read
 // from runArea; kick(token) makes the call return EINTR.
 Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info);
   int fd = a.Int32(0, "vcpuFd");
   if (!a.ok) return env.Undefined();
-  Mapping* m = UnwrapMapping(env, info[1]);
-  if (!m) return env.Undefined();
-  if (!m->mapped || m->length < 4096) {
+  uint64_t addr = a.Uint64(1, "runArea");
+  if (!a.ok) return env.Undefined();
+  Mapping* m = FindMapping(registry.get(), addr);
+  if (!m || m->length < 4096) {
     Napi::TypeError::New(env, "runArea must be a live kvm_run mapping").ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -139,7 +139,6 @@ Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
   state->fd = fd;
   state->run = static_cast<uint8_t*>(m->addr);
   state->area = m;
-  state->areaRef = Napi::Persistent(info[1].As<Napi::ArrayBuffer>());
   m->busy++;
   state->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function(), "kvm-gmem KVM_RUN", 0, 1);
   std::shared_ptr<Registry> reg = registry;
@@ -159,7 +158,6 @@ Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
       }
       auto settle = [state](Napi::Env env, Napi::Function) {
         state->area->busy--;
-        state->areaRef.Reset();
         state->deferred.Resolve(Napi::Number::New(env, state->err));
       };
       state->tsfn.BlockingCall(settle);
@@ -173,7 +171,6 @@ Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
   } catch (const std::exception& e) {
     reg->runs.erase(state);
     m->busy--;
-    state->areaRef.Reset();
     state->tsfn.Release();
     ThrowErrno(env, EAGAIN, "pthread_create", "KVM_RUN");
     return env.Undefined();

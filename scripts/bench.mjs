@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// npm run bench: runs each bench/*.mjs in its own process (with --expose-gc) against the
+// npm run bench: builds the C baseline, then runs each bench/*.mjs in its own process (with --expose-gc) against the
 // built package (dist/), prints what each prints, and writes the JSON lines they emit to
 // bench/out/results.json. Exit status 1 if any benchmark missed its target.
 import { spawnSync } from 'node:child_process';
@@ -8,6 +8,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+// The C baseline, built from source in the same run.
+mkdirSync(path.join(root, 'bench', 'out'), { recursive: true });
+const cc = spawnSync('c++', ['-O2', '-std=c++17', '-pthread', '-o', path.join(root, 'bench', 'out', 'baseline'), path.join(root, 'bench', 'c', 'baseline.cc')], { stdio: 'inherit' });
+if (cc.status !== 0) {
+  console.error('bench: cannot build the C baseline (bench/c/baseline.cc)');
+  process.exit(1);
+}
 const only = process.argv.slice(2);
 const files = readdirSync(path.join(root, 'bench')).filter((f) => f.endsWith('.mjs') && (!only.length || only.some((o) => f.includes(o)))).sort();
 const results = [];

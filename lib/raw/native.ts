@@ -12,15 +12,29 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KvmError } from '../errors.js';
 import { traced } from '../debug.js';
-import { rawFunctionNames, type RawBackend } from './types.js';
+import type { RawBackend, RawMapping } from './types.js';
 
-type Addon = Omit<RawBackend, 'kind' | 'munmap'> & {
+type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'run'> & {
   setErrorClass(ctor: typeof KvmError): void;
-  munmap(buffer: ArrayBuffer): void;
-  mappingAddress(buffer: ArrayBuffer): bigint | undefined;
-  run(vcpuFd: number, runArea: ArrayBuffer): { done: Promise<number>; token: object };
+  mmap(fd: number, length: bigint | number, offset: bigint | number, prot: number, flags: number): bigint;
+  mappingBuffer(address: bigint): ArrayBuffer;
+  munmap(address: bigint): void;
+  run(vcpuFd: number, runArea: bigint): { done: Promise<number>; token: object };
   kick(token: object): void;
 };
+
+/** A native mapping: its ArrayBuffer is made when first asked for (many mappings, such as a
+ * memslot's host memory, are never touched from JavaScript). */
+class NativeMapping implements RawMapping {
+  #buffer: ArrayBuffer | undefined;
+  constructor(
+    readonly address: bigint,
+    private readonly addon: Addon,
+  ) {}
+  get buffer(): ArrayBuffer {
+    return (this.#buffer ??= this.addon.mappingBuffer(this.address));
+  }
+}
 
 const require = createRequire(import.meta.url);
 /** Package root: this file is lib/raw/native.ts in the sources and dist/raw/native.js built. */
@@ -69,14 +83,36 @@ let backend: RawBackend | undefined;
 /** The native RawBackend (one per environment). */
 export function nativeBackend(): RawBackend {
   if (backend) return backend;
-  const addon = loadAddon();
-  const b = { kind: 'kvm', pageSize: addon.pageSize } as { -readonly [K in keyof RawBackend]: RawBackend[K] };
-  for (const name of rawFunctionNames) (b as Record<string, unknown>)[name] = addon[name as keyof Addon];
-  // The addon unmaps by buffer (its mapping record is attached to it).
-  b.munmap = (m) => addon.munmap(m.buffer);
-  b.run = (fd, area) => {
-    const r = addon.run(fd, area.buffer);
-    return { done: r.done, kick: () => addon.kick(r.token) };
+  const a = loadAddon();
+  // An object literal, so V8 keeps it in fast (shaped) mode: built up property by property
+  // it turns into a dictionary and every call pays for a hash lookup.
+  const b: RawBackend = {
+    kind: 'kvm',
+    pageSize: a.pageSize,
+    open: a.open,
+    close: a.close,
+    getApiVersion: a.getApiVersion,
+    checkExtension: a.checkExtension,
+    createVm: a.createVm,
+    getVcpuMmapSize: a.getVcpuMmapSize,
+    createVcpu: a.createVcpu,
+    createGuestMemfd: a.createGuestMemfd,
+    setUserMemoryRegion: a.setUserMemoryRegion,
+    setUserMemoryRegion2: a.setUserMemoryRegion2,
+    setMemoryAttributes: a.setMemoryAttributes,
+    preFaultMemory: a.preFaultMemory,
+    fallocate: a.fallocate,
+    fstat: a.fstat,
+    mmap: (fd, length, offset, prot, flags) => new NativeMapping(a.mmap(fd, length, offset, prot, flags), a),
+    munmap: (m) => a.munmap(m.address),
+    getRegs: a.getRegs,
+    setRegs: a.setRegs,
+    getSregs: a.getSregs,
+    setSregs: a.setSregs,
+    run: (fd, area) => {
+      const r = a.run(fd, area.address);
+      return { done: r.done, kick: () => a.kick(r.token) };
+    },
   };
   backend = traced(b);
   return backend;

@@ -52,10 +52,12 @@ export interface RawStat {
 }
 
 /**
- * What mmap returns: the mapping's address, and its bytes as `byteLength` bytes of `buffer`
- * from `byteOffset` (0 when absent). Native: an external ArrayBuffer over the mapping itself.
- * Simulated: a buffer that mappings of the same file range share (so they alias), which may
- * be replaced when another mapping comes or goes: read `buffer` again rather than keep it.
+ * What mmap returns: the mapping's address, and its bytes as `buffer` from `byteOffset` (0
+ * when absent). Native: an external ArrayBuffer over the mapping itself, made on first read
+ * of `buffer`, detached by munmap. Simulated: a buffer that mappings of the same file range
+ * share (so they alias), which may be replaced when another mapping comes or goes: read
+ * `buffer` again rather than keep it. As in C, the raw layer does not unmap a mapping that
+ * is dropped (the typed Mapping does); the environment's end unmaps what is left.
  */
 export interface RawMapping {
   readonly buffer: ArrayBuffer;
