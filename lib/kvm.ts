@@ -146,7 +146,7 @@ export function openKvm(options: OpenKvmOptions = {}): Kvm {
   const path = options.path ?? '/dev/kvm';
   if (typeof path !== 'string') throw new TypeError('path must be a string');
   const precheck = toBool(options.precheck, 'precheck', true);
-  const requested = options.backend ?? (process.env.KVM_GMEM_BACKEND as BackendName | undefined) ?? 'auto';
+  const requested = options.backend ?? ((process.env.KVM_GMEM_BACKEND || undefined) as BackendName | undefined) ?? 'auto';
   if (!BACKENDS.includes(requested)) throw new RangeError(`backend must be one of ${BACKENDS.join(', ')}, got ${String(requested)}`);
 
   if (options.raw) return new Kvm(options.raw, options.raw.open(path), path, precheck);
