@@ -55,7 +55,7 @@ napi_value Fail(Args& a, const char* syscall, const char* request) {
 // An ioctl whose result is an int (or -1/errno).
 napi_value IoctlInt(napi_env env, napi_callback_info info, unsigned long request, const char* name, bool withArg) {
   Args a(env, info, 2);
-  int fd = a.Int32(0, "fd");
+  int fd = a.Fd(0, "fd");
   int32_t arg = withArg ? a.Int32(1, "arg") : 0;
   if (!a.ok) return nullptr;
   int r = ioctl(fd, request, static_cast<long>(arg));
@@ -98,12 +98,12 @@ napi_value Open(napi_env env, napi_callback_info info) {
 // VM) from JavaScript would break the process, and a worker's exit hook must never close a
 // number that another owner has since reused.
 napi_value Close(napi_env env, napi_callback_info info) {
-  Args a(env, info);
+  Args a(env, info, 1);
   int fd = a.Int32(0, "fd");
   if (!a.ok) return nullptr;
-  if (a.addon()->registry->fds.erase(fd) == 0) {
-    errno = EBADF;
-    return Fail(a, "close", nullptr);
+  if (!a.addon()->registry->Remove(fd)) {
+    a.addon()->ThrowErrno(env, EBADF, "close", nullptr, "not an fd that kvm-gmem opened in this thread");
+    return nullptr;
   }
   return ::close(fd) < 0 ? Fail(a, "close", nullptr) : Undefined(env);
 }
@@ -124,7 +124,7 @@ napi_value GetVcpuMmapSize(napi_env env, napi_callback_info info) {
 // createVm(fd, type) / createVcpu(vmFd, id): the new fd (O_CLOEXEC from the kernel).
 napi_value CreateFd(napi_env env, napi_callback_info info, unsigned long request, const char* name) {
   Args a(env, info);
-  int fd = a.Int32(0, "fd");
+  int fd = a.Fd(0, "fd");
   uint32_t arg = a.Uint32(1, request == KVM_CREATE_VM ? "type" : "vcpuId");
   if (!a.ok) return nullptr;
   int r = ioctl(fd, request, static_cast<unsigned long>(arg));
@@ -143,7 +143,7 @@ napi_value CreateVcpu(napi_env env, napi_callback_info info) {
 napi_value CreateGuestMemfd(napi_env env, napi_callback_info info) {
   Args a(env, info);
   kvm_create_guest_memfd gmem = {};
-  int fd = a.Int32(0, "vmFd");
+  int fd = a.Fd(0, "vmFd");
   gmem.size = a.Uint64(1, "size");
   gmem.flags = a.Uint64(2, "flags");
   if (!a.ok) return nullptr;
@@ -159,7 +159,7 @@ napi_value CreateGuestMemfd(napi_env env, napi_callback_info info) {
 napi_value SetUserMemoryRegion(napi_env env, napi_callback_info info) {
   Args a(env, info);
   kvm_userspace_memory_region r = {};
-  int fd = a.Int32(0, "vmFd");
+  int fd = a.Fd(0, "vmFd");
   napi_value o = a.Object(1, "region");
   r.slot = a.Uint32Prop(o, "slot", true);
   r.flags = a.Uint32Prop(o, "flags", false);
@@ -175,7 +175,7 @@ napi_value SetUserMemoryRegion(napi_env env, napi_callback_info info) {
 napi_value SetUserMemoryRegion2(napi_env env, napi_callback_info info) {
   Args a(env, info);
   kvm_userspace_memory_region2 r = {};
-  int fd = a.Int32(0, "vmFd");
+  int fd = a.Fd(0, "vmFd");
   napi_value o = a.Object(1, "region");
   r.slot = a.Uint32Prop(o, "slot", true);
   r.flags = a.Uint32Prop(o, "flags", false);
@@ -192,7 +192,7 @@ napi_value SetUserMemoryRegion2(napi_env env, napi_callback_info info) {
 napi_value SetMemoryAttributes(napi_env env, napi_callback_info info) {
   Args a(env, info);
   kvm_memory_attributes m = {};
-  int fd = a.Int32(0, "vmFd");
+  int fd = a.Fd(0, "vmFd");
   napi_value o = a.Object(1, "attributes");
   m.address = a.Uint64Prop(o, "address", true);
   m.size = a.Uint64Prop(o, "size", true);
@@ -207,7 +207,7 @@ napi_value SetMemoryAttributes(napi_env env, napi_callback_info info) {
 napi_value PreFaultMemory(napi_env env, napi_callback_info info) {
   Args a(env, info);
   kvm_pre_fault_memory p = {};
-  int fd = a.Int32(0, "vcpuFd");
+  int fd = a.Fd(0, "vcpuFd");
   napi_value o = a.Object(1, "range");
   p.gpa = a.Uint64Prop(o, "gpa", true);
   p.size = a.Uint64Prop(o, "size", true);
@@ -225,7 +225,7 @@ napi_value PreFaultMemory(napi_env env, napi_callback_info info) {
 // values >= 2^63 arrive negative, exactly as a C caller's would.
 napi_value Fallocate(napi_env env, napi_callback_info info) {
   Args a(env, info);
-  int fd = a.Int32(0, "fd");
+  int fd = a.Fd(0, "fd");
   int32_t mode = a.Int32(1, "mode");
   uint64_t offset = a.Uint64(2, "offset");
   uint64_t length = a.Uint64(3, "length");
@@ -236,7 +236,7 @@ napi_value Fallocate(napi_env env, napi_callback_info info) {
 // fstat(fd): { size, mode, blksize, blocks, ino } (size/blocks/ino as bigint).
 napi_value Fstat(napi_env env, napi_callback_info info) {
   Args a(env, info);
-  int fd = a.Int32(0, "fd");
+  int fd = a.Fd(0, "fd");
   if (!a.ok) return nullptr;
   struct stat st;
   if (::fstat(fd, &st) < 0) return Fail(a, "fstat", nullptr);
@@ -255,7 +255,7 @@ napi_value Fstat(napi_env env, napi_callback_info info) {
 // and MAP_FIXED_NOREPLACE are refused, since they could replace memory Node is using.
 napi_value Mmap(napi_env env, napi_callback_info info) {
   Args a(env, info, 5);
-  int fd = a.Int32(0, "fd");
+  int fd = a.Fd(0, "fd");
   uint64_t length = a.Uint64(1, "length");
   uint64_t offset = a.Uint64(2, "offset");
   int32_t prot = a.Int32(3, "prot");
@@ -317,6 +317,16 @@ napi_value Munmap(napi_env env, napi_callback_info info) {
 
 }  // namespace
 
+int Args::Fd(size_t i, const char* name) {
+  int fd = Int32(i, name);
+  if (ok && !addon()->registry->Owns(fd)) {
+    ok = false;
+    errno = EBADF;
+    addon()->ThrowErrno(env, EBADF, name, nullptr, "not an fd that kvm-gmem opened in this thread");
+  }
+  return fd;
+}
+
 Addon::Addon(Napi::Env env, Napi::Object exports) {
   DefineAddon(exports,
               {
@@ -369,11 +379,12 @@ void Addon::Cleanup(Registry* registry) {
   registry->fds.clear();
 }
 
-void Addon::ThrowErrno(napi_env e, int err, const char* syscall, const char* request) {
+void Addon::ThrowErrno(napi_env e, int err, const char* syscall, const char* request, const char* detail) {
   Napi::Env env(e);
   const char* code = strerrorname_np(err);
   std::string codeStr = code ? code : ("E" + std::to_string(err));
   std::string message = std::string(request ? request : syscall) + ": " + strerror(err) + " (" + codeStr + ")";
+  if (detail) message += std::string(": ") + detail;
   Napi::Object init = Napi::Object::New(env);
   init.Set("errno", Napi::Number::New(env, err));
   init.Set("code", Napi::String::New(env, codeStr));
@@ -391,7 +402,7 @@ void Addon::ThrowErrno(napi_env e, int err, const char* syscall, const char* req
 }
 
 napi_value Addon::NewFd(napi_env env, int fd) {
-  registry->fds.insert(fd);
+  registry->Add(fd);
   return Int(env, fd);
 }
 

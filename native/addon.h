@@ -12,6 +12,7 @@
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 namespace kvmg {
 
@@ -24,6 +25,19 @@ struct RunState;
 // finalizer running after the addon instance is gone never touches freed memory.
 struct Registry {
   std::unordered_set<int> fds;
+  std::vector<uint8_t> owned;  // owned[fd] != 0 for fds in `fds` (an O(1) check per call)
+  bool Owns(int fd) const { return fd >= 0 && static_cast<size_t>(fd) < owned.size() && owned[fd]; }
+  void Add(int fd) {
+    fds.insert(fd);
+    if (static_cast<size_t>(fd) >= owned.size()) owned.resize(fd + 64);
+    owned[fd] = 1;
+  }
+  bool Remove(int fd) {
+    if (!Owns(fd)) return false;
+    owned[fd] = 0;
+    fds.erase(fd);
+    return true;
+  }
   std::unordered_map<void*, Mapping*> mappings;         // by address, while mapped
   std::unordered_set<std::shared_ptr<RunState>> runs;  // KVM_RUN threads in flight
 };
@@ -55,7 +69,7 @@ class Addon : public Napi::Addon<Addon> {
   Napi::FunctionReference errorClass;  // KvmError, registered by lib/raw/native.ts
 
   // Throws KvmError(errno) for a failed `syscall` (request: the KVM ioctl name, or null).
-  void ThrowErrno(napi_env env, int err, const char* syscall, const char* request);
+  void ThrowErrno(napi_env env, int err, const char* syscall, const char* request, const char* detail = nullptr);
   // Records an fd the addon created and returns it as a JS number.
   napi_value NewFd(napi_env env, int fd);
 

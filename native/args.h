@@ -23,7 +23,7 @@ class Args {
   Args(napi_env env, napi_callback_info info, size_t want = kMax) : env(env), argc_(want) {
     napi_get_cb_info(env, info, &argc_, argv_, nullptr, &data_);
   }
-  explicit Args(const Napi::CallbackInfo& info) : env(info.Env()), data_(info.Data()) {
+  Args(const Napi::CallbackInfo& info, Addon* addon) : env(info.Env()), data_(addon) {
     for (size_t i = 0; i < kMax; i++) argv_[i] = info[i];
   }
 
@@ -35,6 +35,10 @@ class Args {
   napi_value arg(size_t i) const { return argv_[i]; }
 
   int32_t Int32(size_t i, const char* name) { return static_cast<int32_t>(Integer(argv_[i], name, INT32_MIN, INT32_MAX)); }
+  // An fd to act on: one this environment opened through the addon, else EBADF without a
+  // syscall. The raw layer must not touch the process's other files: fallocate on stdout, an
+  // mmap of Node's own files, or a KVM ioctl number on some other driver's device.
+  int Fd(size_t i, const char* name);
   uint32_t Uint32(size_t i, const char* name) { return static_cast<uint32_t>(Integer(argv_[i], name, 0, UINT32_MAX)); }
   uint64_t Uint64(size_t i, const char* name) { return Uint64Of(argv_[i], name); }
 

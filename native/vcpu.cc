@@ -81,8 +81,8 @@ bool BytesArg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t
 template <typename T>
 Napi::Value GetStruct(Addon* addon, const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   Napi::Env env = info.Env();
-  Args a(info);
-  int fd = a.Int32(0, "vcpuFd");
+  Args a(info, addon);
+  int fd = a.Fd(0, "vcpuFd");
   if (!a.ok) return env.Undefined();
   T value;
   if (ioctl(fd, request, &value) < 0) {
@@ -98,8 +98,8 @@ Napi::Value GetStruct(Addon* addon, const Napi::CallbackInfo& info, unsigned lon
 template <typename T>
 Napi::Value SetStruct(Addon* addon, const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   Napi::Env env = info.Env();
-  Args a(info);
-  int fd = a.Int32(0, "vcpuFd");
+  Args a(info, addon);
+  int fd = a.Fd(0, "vcpuFd");
   void* data = nullptr;
   if (!a.ok || !BytesArg(info, 1, name, sizeof(T), &data)) return env.Undefined();
   T value;
@@ -124,8 +124,8 @@ Napi::Value Addon::SetSregs(const Napi::CallbackInfo& info) { return SetStruct<k
 // from runArea; kick(token) makes the call return EINTR.
 Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Args a(info);
-  int fd = a.Int32(0, "vcpuFd");
+  Args a(info, this);
+  int fd = a.Fd(0, "vcpuFd");
   if (!a.ok) return env.Undefined();
   uint64_t addr = a.Uint64(1, "runArea");
   if (!a.ok) return env.Undefined();

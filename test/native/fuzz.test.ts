@@ -1,0 +1,44 @@
+/**
+ * Fuzzing: >= 100,000 calls of the raw and typed APIs with random and hostile arguments, in a
+ * child process that must exit normally. A crash fails the test and names the call that made
+ * it. KVM_GMEM_FUZZ_CALLS=<n> (and KVM_GMEM_FUZZ_SEED) run a longer or different fuzz.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { expect, test } from 'vitest';
+import { kvmUnavailable } from '../helpers.js';
+
+const root = path.resolve(import.meta.dirname, '..', '..');
+const CALLS = Number(process.env.KVM_GMEM_FUZZ_CALLS ?? 100_000);
+const SEED = Number(process.env.KVM_GMEM_FUZZ_SEED ?? 20261121);
+
+function fuzz(backend: string) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'kvm-gmem-fuzz-'));
+  const last = path.join(dir, 'lastcall');
+  const r = spawnSync(process.execPath, [path.join(root, 'test', 'fuzz', 'child.mjs'), last, String(CALLS), String(SEED), backend], {
+    cwd: dir, // nothing of the project's within reach of a relative path
+    encoding: 'utf8',
+    env: { ...process.env, KVM_GMEM_BACKEND: '' },
+    timeout: 600_000,
+    maxBuffer: 1 << 26,
+  });
+  const lastCall = readFileSync(last, 'utf8').trim();
+  const crashed = r.status !== 0 || r.signal !== null;
+  expect(crashed, `the fuzz child died (status ${r.status}, signal ${r.signal}) during call: ${lastCall}\n${r.stderr.slice(-2000)}`).toBe(false);
+  const counts = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  console.log(`fuzz ${backend}: ${JSON.stringify(counts)}`);
+  expect(counts.calls).toBe(CALLS);
+  // Every failure is one of the library's clear errors.
+  expect(counts.others, 'errors that are not KvmError/TypeError/RangeError').toEqual([]);
+  return counts;
+}
+
+test.skipIf(kvmUnavailable)(`fuzz the native backend: ${CALLS} calls, no crash`, () => {
+  fuzz('kvm');
+}, 900_000);
+
+test(`fuzz the simulated backend: ${CALLS} calls, no crash`, () => {
+  fuzz('simulated');
+}, 900_000);
