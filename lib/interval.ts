@@ -3,6 +3,8 @@
  * memslot lookups by gfn and by file page. Lookups are binary searches (O(log n)); insert and
  * remove shift one array (O(n) moves, a memmove in practice, at most 32,764 slots).
  */
+import { floorIndex } from './search.js';
+
 export class IntervalIndex<T> {
   #starts: number[] = [];
   #ends: number[] = [];
@@ -13,20 +15,9 @@ export class IntervalIndex<T> {
     return this.#items.length;
   }
 
-  /** Index of the last interval with start <= key, or -1. */
+  /** Index of the last entry with start <= key, or -1. */
   #floor(key: number): number {
-    const s = this.#starts;
-    let lo = 0;
-    let hi = s.length - 1;
-    let ans = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if (s[mid]! <= key) {
-        ans = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
-    return ans;
+    return floorIndex(this.#starts, key);
   }
 
   /** Inserts [start, end) -> item; the caller guarantees it overlaps nothing. */

@@ -8,6 +8,8 @@
  * Keys are numbers: a gfn is below 2^52 (a u64 address shifted by the page shift), exactly
  * representable in a double, which keeps the arrays compact and the comparisons fast.
  */
+import { floorIndex } from './search.js';
+
 export interface RangeEntry<V> {
   start: number;
   /** exclusive */
@@ -32,18 +34,7 @@ export class RangeMap<V> {
 
   /** Index of the last entry with start <= key, or -1. */
   #floor(key: number): number {
-    const s = this.#starts;
-    let lo = 0;
-    let hi = s.length - 1;
-    let ans = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if (s[mid]! <= key) {
-        ans = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
-    return ans;
+    return floorIndex(this.#starts, key);
   }
 
   get(key: number): V {

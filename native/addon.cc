@@ -155,17 +155,23 @@ napi_value CreateGuestMemfd(napi_env env, napi_callback_info info) {
   return a.addon()->NewFd(env, g);
 }
 
+// The fields v1 and v2 share (kvm_userspace_memory_region2 starts as the v1 struct does).
+template <typename Region>
+void ReadRegion(Args& a, napi_value o, Region* r) {
+  r->slot = a.Uint32Prop(o, "slot", true);
+  r->flags = a.Uint32Prop(o, "flags", false);
+  r->guest_phys_addr = a.Uint64Prop(o, "guestPhysAddr", true);
+  r->memory_size = a.Uint64Prop(o, "memorySize", true);
+  r->userspace_addr = a.Uint64Prop(o, "userspaceAddr", false);
+}
+
 // setUserMemoryRegion(vmFd, { slot, flags, guestPhysAddr, memorySize, userspaceAddr }).
 napi_value SetUserMemoryRegion(napi_env env, napi_callback_info info) {
-  Args a(env, info);
+  Args a(env, info, 2);
   kvm_userspace_memory_region r = {};
   int fd = a.Fd(0, "vmFd");
   napi_value o = a.Object(1, "region");
-  r.slot = a.Uint32Prop(o, "slot", true);
-  r.flags = a.Uint32Prop(o, "flags", false);
-  r.guest_phys_addr = a.Uint64Prop(o, "guestPhysAddr", true);
-  r.memory_size = a.Uint64Prop(o, "memorySize", true);
-  r.userspace_addr = a.Uint64Prop(o, "userspaceAddr", false);
+  ReadRegion(a, o, &r);
   if (!a.ok) return nullptr;
   return ioctl(fd, KVM_SET_USER_MEMORY_REGION, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION") : Undefined(env);
 }
@@ -173,15 +179,11 @@ napi_value SetUserMemoryRegion(napi_env env, napi_callback_info info) {
 // setUserMemoryRegion2(vmFd, { slot, flags, guestPhysAddr, memorySize, userspaceAddr,
 //                              guestMemfdOffset, guestMemfd }).
 napi_value SetUserMemoryRegion2(napi_env env, napi_callback_info info) {
-  Args a(env, info);
+  Args a(env, info, 2);
   kvm_userspace_memory_region2 r = {};
   int fd = a.Fd(0, "vmFd");
   napi_value o = a.Object(1, "region");
-  r.slot = a.Uint32Prop(o, "slot", true);
-  r.flags = a.Uint32Prop(o, "flags", false);
-  r.guest_phys_addr = a.Uint64Prop(o, "guestPhysAddr", true);
-  r.memory_size = a.Uint64Prop(o, "memorySize", true);
-  r.userspace_addr = a.Uint64Prop(o, "userspaceAddr", false);
+  ReadRegion(a, o, &r);
   r.guest_memfd_offset = a.Uint64Prop(o, "guestMemfdOffset", false);
   r.guest_memfd = a.Uint32Prop(o, "guestMemfd", false);
   if (!a.ok) return nullptr;

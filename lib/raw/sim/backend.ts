@@ -24,13 +24,7 @@ export const SIM_HANDLE_BASE = 1_000_000_000;
 const PAGE = 4096n;
 const KVM_MAX_VCPU_IDS = 4096;
 
-interface SimSlot {
-  asId: number;
-  id: number;
-  baseGfn: bigint;
-  npages: bigint;
-  flags: number;
-  userspaceAddr: bigint;
+interface SimSlot extends SlotView {
   /** The bound gmem file; cleared when the file is released (the slot stays). */
   file: SimFile | undefined;
   pgoff: bigint;
@@ -369,7 +363,7 @@ export class SimBackend implements RawBackend {
   }
 
   #memslotContext(vm: SimVm): MemslotContext {
-    const view = (s: SimSlot): SlotView => ({ asId: s.asId, id: s.id, baseGfn: s.baseGfn, npages: s.npages, flags: s.flags, userspaceAddr: s.userspaceAddr });
+    const view = (s: SimSlot): SlotView => s; // a SimSlot is a SlotView (the rules only read it)
     return {
       pageSize: PAGE,
       readonlyMem: !(PROTECTED_STATE_TYPES & (1 << vm.type)),
