@@ -17,7 +17,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     projects: [
-      { extends: true, test: { name: 'kvm', include: [...shared, 'test/native/**/*.test.ts', 'test/guest/**/*.test.ts'], env: { KVM_GMEM_BACKEND: 'kvm' } } },
+      { extends: true, test: { name: 'kvm', include: [...shared, 'test/native/**/*.test.ts', 'test/guest/**/*.test.ts', 'test/differential/**/*.test.ts'], env: { KVM_GMEM_BACKEND: 'kvm' } } },
       { extends: true, test: { name: 'sim', include: shared, env: { KVM_GMEM_BACKEND: 'simulated' } } },
       {
         extends: true,

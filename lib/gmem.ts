@@ -6,7 +6,7 @@ import { Falloc, GuestMemfdFlag, Map as MapFlag, Prot } from './raw/constants.js
 import type { Handle, RawBackend, RawStat } from './raw/types.js';
 import { checkFallocate } from './rules/gmem.js';
 import { violationError } from './rules/types.js';
-import { hex, toU64 } from './u64.js';
+import { hex, toOptions, toU64 } from './u64.js';
 import type { Vm } from './vm.js';
 
 /**
@@ -65,7 +65,7 @@ export class GuestMemfd {
       this.#raw.fallocate(this.#fd, mode, off, len);
     } catch (e) {
       // Explain the kernel's refusal with the rule it applied (same code; kernel errno kept).
-      const v = checkFallocate(mode, off, len, this.size, BigInt(this.#raw.pageSize));
+      const v = checkFallocate(mode, off, len, { kind: 'gmem', size: this.size }, BigInt(this.#raw.pageSize));
       if (v && (e as { code?: string }).code === v.code) throw violationError(v, { syscall: 'fallocate' });
       throw e;
     }
@@ -95,9 +95,9 @@ export class GuestMemfd {
    * are not host-accessible (no initShared: a touch would SIGBUS) and past the file's end.
    * A gmem created without mmap gets the kernel's ENODEV.
    */
-  map(options: { offset?: bigint | number; length?: bigint | number } = {}): Mapping {
+  map(opts?: { offset?: bigint | number; length?: bigint | number }): Mapping {
     this.#check('mmap');
-    if (typeof options !== 'object' || options === null) throw new TypeError('map options must be an object');
+    const options = toOptions(opts, 'map options');
     const offset = options.offset === undefined ? 0n : toU64(options.offset, 'offset');
     const length = options.length === undefined ? (offset < this.size ? this.size - offset : 0n) : toU64(options.length, 'length');
     if (offset + length > this.size) {

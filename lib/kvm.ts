@@ -6,7 +6,7 @@ import { track, untrack } from './lifetime.js';
 import { VmType, type VmTypeName } from './raw/constants.js';
 import { nativeBackend } from './raw/native.js';
 import type { Handle, RawBackend } from './raw/types.js';
-import { toBool, toInt, typeName } from './u64.js';
+import { toBool, toInt, toOptions, typeName } from './u64.js';
 import { Vm } from './vm.js';
 
 export type BackendName = 'auto' | 'kvm' | 'simulated';
@@ -84,9 +84,10 @@ export class Kvm {
    * Typed capabilities, read on a VM of `vmType` (default 'default') because the answers
    * depend on the VM type; on /dev/kvm when such a VM cannot be created.
    */
-  capabilities(options: { vmType?: VmTypeName | number } = {}): Capabilities {
+  capabilities(options?: { vmType?: VmTypeName | number }): Capabilities {
     const fd = this.fd;
-    const type = resolveVmType(options.vmType ?? 'default');
+    const opts = toOptions(options, 'capabilities options');
+    const type = resolveVmType(opts.vmType === undefined ? 'default' : opts.vmType);
     let vmFd: Handle | undefined;
     try {
       vmFd = this.raw.createVm(fd, type);
@@ -94,16 +95,16 @@ export class Kvm {
       if (!(e instanceof KvmError)) throw e;
     }
     try {
-      return readCapabilities(this.raw, fd, vmFd, vmFd === undefined ? 'system' : (options.vmType ?? 'default'));
+      return readCapabilities(this.raw, fd, vmFd, vmFd === undefined ? 'system' : (opts.vmType ?? 'default'));
     } finally {
       if (vmFd !== undefined) this.raw.close(vmFd);
     }
   }
 
   /** KVM_CREATE_VM. */
-  createVm(options: VmOptions = {}): Vm {
-    if (typeof options !== 'object' || options === null) throw new TypeError(`VM options must be an object, got ${typeName(options)}`);
-    const type = resolveVmType(options.type ?? 'default');
+  createVm(options?: VmOptions): Vm {
+    const opts = toOptions(options, 'VM options');
+    const type = resolveVmType(opts.type === undefined ? 'default' : opts.type);
     return new Vm(this, this.raw, this.raw.createVm(this.fd, type), type, this.precheck);
   }
 
@@ -141,12 +142,13 @@ function accessHint(e: KvmError, path: string): KvmError {
  * Opens KVM. backend 'kvm' uses the kernel through the native addon; 'auto' (the default,
  * or KVM_GMEM_BACKEND) uses the kernel when the device opens.
  */
-export function openKvm(options: OpenKvmOptions = {}): Kvm {
-  if (typeof options !== 'object' || options === null) throw new TypeError(`openKvm options must be an object, got ${typeName(options)}`);
-  const path = options.path ?? '/dev/kvm';
-  if (typeof path !== 'string') throw new TypeError('path must be a string');
+export function openKvm(opts?: OpenKvmOptions): Kvm {
+  const options = toOptions(opts, 'openKvm options');
+  const path = options.path === undefined ? '/dev/kvm' : options.path;
+  if (typeof path !== 'string') throw new TypeError(`path must be a string, got ${typeName(path)}`);
   const precheck = toBool(options.precheck, 'precheck', true);
-  const requested = options.backend ?? ((process.env.KVM_GMEM_BACKEND || undefined) as BackendName | undefined) ?? 'auto';
+  const requested = options.backend === undefined ? ((process.env.KVM_GMEM_BACKEND || 'auto') as BackendName) : options.backend;
+  if (typeof requested !== 'string') throw new TypeError(`backend must be a string, got ${typeName(requested)}`);
   if (!BACKENDS.includes(requested)) throw new RangeError(`backend must be one of ${BACKENDS.join(', ')}, got ${String(requested)}`);
 
   if (options.raw) return new Kvm(options.raw, options.raw.open(path), path, precheck);

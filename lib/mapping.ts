@@ -70,7 +70,7 @@ export class Mapping {
   }
 
   #window(offset: number, length: number): Uint8Array {
-    return new Uint8Array(this.#mapping.buffer, (this.#mapping.byteOffset ?? 0) + offset, length);
+    return this.#mapping.view(offset, length);
   }
 
   /** Memslots whose userspace memory this mapping is. */

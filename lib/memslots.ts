@@ -5,9 +5,9 @@ import { GfnRadix } from './gfnradix.js';
 import { IntervalIndex } from './interval.js';
 import { Mapping } from './mapping.js';
 import { KVM_USER_MEM_SLOTS, MemFlag } from './raw/constants.js';
-import { checkMemslot, isViolation, memslotWhere, type MemslotContext, type MemslotDecision, type RegionInput, type SlotView } from './rules/memslot.js';
+import { checkMemslot, isViolation, MAX_GFN_52, memslotWhere, type MemslotContext, type MemslotDecision, type RegionInput, type SlotView } from './rules/memslot.js';
 import { violationError, type Violation } from './rules/types.js';
-import { hex, toBool, toInt, toU64, type U64 } from './u64.js';
+import { hex, toBool, toInt, toU64, typeName, type U64 } from './u64.js';
 import type { Vm } from './vm.js';
 
 /** Rules whose answer depends on the books (what is already there); checked before the call. */
@@ -148,13 +148,13 @@ export class MemslotTable {
   }
 
   get(id: number, asId = 0): Memslot | undefined {
-    return this.#byKey.get((asId << 16) | id);
+    return this.#byKey.get((toInt(asId, 'asId', 0, 0xffff) << 16) | toInt(id, 'id', 0, 0xffff));
   }
 
-  /** The slot containing `gpa` (address space `asId`), in O(log n). */
+  /** The slot containing `gpa` (address space `asId`), in O(1). */
   find(gpa: U64, asId = 0): Memslot | undefined {
     const g = toU64(gpa, 'gpa');
-    return this.#radix.get(asId)?.get(Number(g / this.#page));
+    return this.#radix.get(toInt(asId, 'asId', 0, 0xffff))?.get(Number(g / this.#page));
   }
 
   /** gpa -> (slot, gmem, file offset, host address), or undefined where no slot is. */
@@ -174,6 +174,7 @@ export class MemslotTable {
 
   /** (gmem, file offset) -> the slot and gpa that it backs, or undefined where unbound. */
   reverse(gmem: GuestMemfd, offset: U64): { slot: Memslot; gpa: bigint } | undefined {
+    checkGmem(gmem);
     const off = toU64(offset, 'offset');
     const slot = this.#byFile.get(gmem)?.containing(Number(off / this.#page));
     return slot && { slot, gpa: slot.guestPhysAddr + (off - slot.guestMemfdOffset) };
@@ -186,6 +187,7 @@ export class MemslotTable {
    *   gfnEnd   = base_gfn + (min(end, off + size) - off) / page
    */
   guestRanges(gmem: GuestMemfd, start: U64, end: U64): GuestRange[] {
+    checkGmem(gmem);
     const s = toU64(start, 'start');
     const e = toU64(end, 'end');
     const idx = this.#byFile.get(gmem);
@@ -206,6 +208,7 @@ export class MemslotTable {
 
   /** Slots bound to `gmem`, in file order. */
   boundTo(gmem: GuestMemfd): Memslot[] {
+    checkGmem(gmem);
     return [...(this.#byFile.get(gmem)?.items() ?? [])];
   }
 
@@ -352,6 +355,7 @@ export class MemslotTable {
       guestMemfd: vm._caps.guestMemfd,
       addressSpaces: vm._caps.addressSpaces,
       userAddressMax: USER_ADDRESS_MAX,
+      maxGfn: MAX_GFN_52,
       slot: (asId, id) => {
         const s = this.get(id, asId);
         return s && view(s, page);
@@ -427,6 +431,10 @@ export class MemslotTable {
     }
     throw kvmError('EINVAL', memslotWhere(true), `every slot id below KVM_USER_MEM_SLOTS (${KVM_USER_MEM_SLOTS}) is in use`);
   }
+}
+
+function checkGmem(g: unknown): void {
+  if (!(g instanceof GuestMemfd)) throw new TypeError(`gmem must be a GuestMemfd, got ${typeName(g)}`);
 }
 
 function view(s: Memslot, page: bigint): SlotView {

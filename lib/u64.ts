@@ -35,6 +35,13 @@ export function toInt(value: unknown, name: string, min: number, max: number): n
   return value;
 }
 
+/** An options argument: undefined gives {}; anything but a plain (non-array) object is a TypeError. */
+export function toOptions<T extends object>(value: T | undefined, name: string): Partial<T> {
+  if (value === undefined) return {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TypeError(`${name} must be an object, got ${typeName(value)}`);
+  return value;
+}
+
 export function toBool(value: unknown, name: string, fallback = false): boolean {
   if (value === undefined) return fallback;
   if (typeof value !== 'boolean') throw new TypeError(`${name} must be a boolean, got ${typeName(value)}`);

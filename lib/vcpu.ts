@@ -3,7 +3,7 @@ import { KvmError, kvmError } from './errors.js';
 import { track, untrack } from './lifetime.js';
 import { Map as MapFlag, Prot } from './raw/constants.js';
 import type { Handle, RawBackend, RawMapping, RawRun } from './raw/types.js';
-import { toU64, typeName, type U64 } from './u64.js';
+import { toOptions, toU64, typeName, type U64 } from './u64.js';
 import type { Vm } from './vm.js';
 
 const REG_NAMES = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags'] as const;
@@ -56,6 +56,9 @@ export interface RunOptions {
   /** Kick the vCPU out when aborted (exit 'canceled'). */
   signal?: AbortSignal;
 }
+
+/** The longest timer Node keeps (setTimeout turns a longer one into 1 ms). */
+const MAX_TIMEOUT = 2 ** 31 - 1;
 
 const EXIT = { IO: 2, HLT: 5, MMIO: 6, SHUTDOWN: 8, FAIL_ENTRY: 9, INTR: 10, INTERNAL_ERROR: 17, MEMORY_FAULT: 39 } as const;
 const MEMORY_EXIT_FLAG_PRIVATE = 1n << 3n;
@@ -136,7 +139,7 @@ export class Vcpu {
       if (seg >= 0) writeSegment(v, seg * 24, val as Partial<Segment>);
       else if (k === 'gdt' || k === 'idt') {
         const o = k === 'gdt' ? 192 : 208;
-        const t = val as Partial<DescriptorTable>;
+        const t = toOptions(val as Partial<DescriptorTable>, k);
         if (t.base !== undefined) v.setBigUint64(o, toU64(t.base, `${k}.base`), true);
         if (t.limit !== undefined) v.setUint16(o + 8, int(t.limit, `${k}.limit`, 0xffff), true);
       } else if (ctl >= 0) v.setBigUint64(224 + ctl * 8, toU64(val, k), true);
@@ -151,12 +154,12 @@ export class Vcpu {
    * A memory fault (KVM_RUN failing with EFAULT and exit reason KVM_EXIT_MEMORY_FAULT) is an
    * exit, not an error; other failures reject with a KvmError.
    */
-  async run(options: RunOptions = {}): Promise<VcpuExit> {
+  async run(options?: RunOptions): Promise<VcpuExit> {
     const fd = this.fd;
-    if (typeof options !== 'object' || options === null) throw new TypeError('run options must be an object');
-    const { timeoutMs, signal } = options;
-    if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs >= 0) || !Number.isFinite(timeoutMs))) {
-      throw new RangeError(`timeoutMs must be a finite number >= 0, got ${String(timeoutMs)}`);
+    const { timeoutMs, signal } = toOptions(options, 'run options');
+    if (timeoutMs !== undefined && typeof timeoutMs !== 'number') throw new TypeError(`timeoutMs must be a number, got ${typeName(timeoutMs)}`);
+    if (timeoutMs !== undefined && !(timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT)) {
+      throw new RangeError(`timeoutMs must be within [0, ${MAX_TIMEOUT}] (a timer's range), got ${timeoutMs}`);
     }
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new TypeError('signal must be an AbortSignal');
     if (this.#running) throw kvmError('EBUSY', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id} is already running`);
@@ -252,8 +255,8 @@ function readSegment(v: DataView, o: number): Segment {
   return s as unknown as Segment;
 }
 
-function writeSegment(v: DataView, o: number, s: Partial<Segment>): void {
-  if (typeof s !== 'object' || s === null) throw new TypeError('a segment must be an object');
+function writeSegment(v: DataView, o: number, seg: Partial<Segment>): void {
+  const s = toOptions(seg, 'a segment');
   if (s.base !== undefined) v.setBigUint64(o, toU64(s.base, 'base'), true);
   if (s.limit !== undefined) v.setUint32(o + 8, int(s.limit, 'limit', 0xffffffff), true);
   if (s.selector !== undefined) v.setUint16(o + 12, int(s.selector, 'selector', 0xffff), true);

@@ -266,7 +266,7 @@ napi_value Mmap(napi_env env, napi_callback_info info) {
   if (!a.ok) return nullptr;
   void* p = ::mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Fail(a, "mmap", nullptr);
-  a.addon()->registry->mappings[p] = new Mapping{p, static_cast<size_t>(length)};
+  a.addon()->registry->mappings[p] = new Mapping{p, static_cast<size_t>(length), fd, prot, flags};
   return BigU64(env, reinterpret_cast<uint64_t>(p));
 }
 
@@ -278,18 +278,46 @@ Mapping* MappingArg(Args& a) {
   return m;
 }
 
-// mappingBuffer(address): an external ArrayBuffer over the whole mapping (zero-copy), the
-// same one until munmap detaches it. As in C, touching bytes the kernel will not fault in
-// (past EOF, or a guest_memfd without INIT_SHARED) raises SIGBUS: the typed Mapping never
-// hands out such bytes.
+// mappingBuffer(address[, offset, length]): an external ArrayBuffer over the mapping
+// (zero-copy): the whole of it (the same buffer each time; up to 4 GiB, the most Node puts
+// in one buffer), or a window [offset, offset + length) of it (a new buffer each call).
+// munmap detaches them all. As in C, touching bytes the kernel will not fault in (past EOF,
+// or a guest_memfd without INIT_SHARED) raises SIGBUS: the typed Mapping never hands out
+// such bytes.
 napi_value MappingBuffer(napi_env env, napi_callback_info info) {
-  Args a(env, info, 1);
+  Args a(env, info, 3);
   Mapping* m = MappingArg(a);
   if (!m) return nullptr;
+  napi_valuetype t;
+  napi_typeof(env, a.arg(1), &t);
+  bool whole = t == napi_undefined;
+  uint64_t offset = whole ? 0 : a.Uint64(1, "offset");
+  uint64_t length = whole ? m->length : a.Uint64(2, "length");
+  if (a.ok && (offset > m->length || length > m->length - offset)) a.Fail(false, "window is outside the mapping");
+  if (a.ok && length > (uint64_t{1} << 32)) a.Fail(false, "a buffer holds at most 4 GiB: take a window (offset, length)");
+  if (!a.ok) return nullptr;
   napi_value buffer;
-  if (m->buffer && napi_get_reference_value(env, m->buffer, &buffer) == napi_ok && buffer) return buffer;
-  if (napi_create_external_arraybuffer(env, m->addr, m->length, nullptr, nullptr, &buffer) != napi_ok) return nullptr;
-  napi_create_reference(env, buffer, 1, &m->buffer);
+  if (whole && m->buffer && napi_get_reference_value(env, m->buffer, &buffer) == napi_ok && buffer) return buffer;
+  if (napi_create_external_arraybuffer(env, static_cast<uint8_t*>(m->addr) + offset, length, nullptr, nullptr, &buffer) != napi_ok) {
+    a.Fail(false, "cannot make a buffer of that size");
+    return nullptr;
+  }
+  napi_ref ref;
+  napi_create_reference(env, buffer, whole ? 1 : 0, &ref);  // windows: weak (detached if still alive)
+  if (whole) {
+    m->buffer = ref;
+  } else {
+    if (m->windows.size() >= 64) {  // forget windows that were collected
+      std::vector<napi_ref> live;
+      for (napi_ref w : m->windows) {
+        napi_value v = nullptr;
+        if (napi_get_reference_value(env, w, &v) == napi_ok && v) live.push_back(w);
+        else napi_delete_reference(env, w);
+      }
+      m->windows.swap(live);
+    }
+    m->windows.push_back(ref);
+  }
   return buffer;
 }
 
@@ -307,10 +335,11 @@ napi_value Munmap(napi_env env, napi_callback_info info) {
     return Fail(a, "munmap", nullptr);
   }
   if (munmap(m->addr, m->length) < 0) return Fail(a, "munmap", nullptr);
-  if (m->buffer) {
-    napi_value buffer;
-    if (napi_get_reference_value(env, m->buffer, &buffer) == napi_ok && buffer) napi_detach_arraybuffer(env, buffer);
-    napi_delete_reference(env, m->buffer);
+  if (m->buffer) m->windows.push_back(m->buffer);
+  for (napi_ref ref : m->windows) {
+    napi_value buffer = nullptr;
+    if (napi_get_reference_value(env, ref, &buffer) == napi_ok && buffer) napi_detach_arraybuffer(env, buffer);
+    napi_delete_reference(env, ref);
   }
   reg->mappings.erase(m->addr);
   delete m;

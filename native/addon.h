@@ -47,7 +47,11 @@ struct Registry {
 struct Mapping {
   void* addr;
   size_t length;
-  napi_ref buffer = nullptr;
+  int fd;
+  int prot;
+  int flags;
+  napi_ref buffer = nullptr;  // the whole-mapping buffer (mappings up to 4 GiB)
+  std::vector<napi_ref> windows;  // buffers over parts of it (any size), detached by munmap
   int busy = 0;  // KVM_RUN threads using this (a vCPU's kvm_run area): munmap is refused
 };
 

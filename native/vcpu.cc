@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -68,13 +69,22 @@ bool BytesArg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t
     Napi::TypeError::New(info.Env(), std::string(name) + " must be a typed array").ThrowAsJavaScriptException();
     return false;
   }
-  Napi::TypedArray t = v.As<Napi::TypedArray>();
-  if (t.ByteLength() != size) {
+  // napi_get_typedarray_info gives the data pointer for any backing store, SharedArrayBuffer
+  // and detached buffers included (the ArrayBuffer view of a shared one has no data).
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* p = nullptr;
+  napi_get_typedarray_info(info.Env(), v, &type, &length, &p, nullptr, nullptr);
+  size_t bytes = length * (type == napi_int8_array || type == napi_uint8_array || type == napi_uint8_clamped_array ? 1
+                           : type == napi_int16_array || type == napi_uint16_array                               ? 2
+                           : type == napi_int32_array || type == napi_uint32_array || type == napi_float32_array ? 4
+                                                                                                                 : 8);
+  if (bytes != size || p == nullptr) {
     Napi::RangeError::New(info.Env(), std::string(name) + " must be " + std::to_string(size) + " bytes")
         .ThrowAsJavaScriptException();
     return false;
   }
-  *data = static_cast<uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset();
+  *data = p;
   return true;
 }
 
@@ -130,8 +140,10 @@ Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
   uint64_t addr = a.Uint64(1, "runArea");
   if (!a.ok) return env.Undefined();
   Mapping* m = FindMapping(registry.get(), addr);
-  if (!m || m->length < 4096) {
-    Napi::TypeError::New(env, "runArea must be a live kvm_run mapping").ThrowAsJavaScriptException();
+  // kick() writes immediate_exit into the area: it must be this vCPU's own kvm_run, mapped
+  // shared and writable (any other mapping could be read-only, or someone else's memory).
+  if (!m || m->fd != fd || !(m->prot & PROT_WRITE) || !(m->flags & MAP_SHARED) || m->length < 4096) {
+    Napi::TypeError::New(env, "runArea must be this vCPU's kvm_run, mapped shared and writable").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   InstallKickHandler();

@@ -59,6 +59,7 @@ export const Falloc = {
   ZERO_RANGE: 0x10,
   INSERT_RANGE: 0x20,
   UNSHARE_RANGE: 0x40,
+  WRITE_ZEROES: 0x80,
 } as const;
 
 /** mmap(2) protections and flags. */

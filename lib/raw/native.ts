@@ -17,22 +17,39 @@ import type { RawBackend, RawMapping } from './types.js';
 type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'run'> & {
   setErrorClass(ctor: typeof KvmError): void;
   mmap(fd: number, length: bigint | number, offset: bigint | number, prot: number, flags: number): bigint;
-  mappingBuffer(address: bigint): ArrayBuffer;
+  mappingBuffer(address: bigint, offset?: number, length?: number): ArrayBuffer;
   munmap(address: bigint): void;
   run(vcpuFd: number, runArea: bigint): { done: Promise<number>; token: object };
   kick(token: object): void;
 };
 
 /** A native mapping: its ArrayBuffer is made when first asked for (many mappings, such as a
- * memslot's host memory, are never touched from JavaScript). */
+ * memslot's host memory, are never touched from JavaScript). It remembers being unmapped, so
+ * a second munmap cannot reach a later mapping that the kernel put at the same address. */
 class NativeMapping implements RawMapping {
   #buffer: ArrayBuffer | undefined;
+  #unmapped = false;
   constructor(
     readonly address: bigint,
+    readonly length: bigint,
     private readonly addon: Addon,
   ) {}
   get buffer(): ArrayBuffer {
+    this.#live();
     return (this.#buffer ??= this.addon.mappingBuffer(this.address));
+  }
+  view(offset: number, length: number): Uint8Array {
+    this.#live();
+    if (this.length <= 2n ** 32n) return new Uint8Array(this.buffer, offset, length);
+    return new Uint8Array(this.addon.mappingBuffer(this.address, offset, length));
+  }
+  unmap(): void {
+    if (this.#unmapped) return;
+    this.addon.munmap(this.address);
+    this.#unmapped = true;
+  }
+  #live(): void {
+    if (this.#unmapped) throw new KvmError('munmap: this mapping is unmapped (EBADF)', { code: 'EBADF', syscall: 'munmap' });
   }
 }
 
@@ -103,8 +120,11 @@ export function nativeBackend(): RawBackend {
     preFaultMemory: a.preFaultMemory,
     fallocate: a.fallocate,
     fstat: a.fstat,
-    mmap: (fd, length, offset, prot, flags) => new NativeMapping(a.mmap(fd, length, offset, prot, flags), a),
-    munmap: (m) => a.munmap(m.address),
+    mmap: (fd, length, offset, prot, flags) => new NativeMapping(a.mmap(fd, length, offset, prot, flags), BigInt(length), a),
+    munmap: (m) => {
+      if (!(m instanceof NativeMapping)) throw new TypeError('expected a mapping returned by mmap()');
+      m.unmap();
+    },
     getRegs: a.getRegs,
     setRegs: a.setRegs,
     getSregs: a.getSregs,

@@ -60,9 +60,12 @@ export interface RawStat {
  * is dropped (the typed Mapping does); the environment's end unmaps what is left.
  */
 export interface RawMapping {
+  /** The whole mapping's bytes (mappings up to 4 GiB, the most one buffer holds). */
   readonly buffer: ArrayBuffer;
   readonly address: bigint;
   readonly byteOffset?: number;
+  /** A zero-copy view of [offset, offset + length) (length <= 4 GiB), for mappings of any size. */
+  view(offset: number, length: number): Uint8Array;
 }
 
 /** A KVM_RUN in flight on its own thread. */

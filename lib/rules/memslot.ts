@@ -36,6 +36,8 @@ export interface MemslotContext {
   addressSpaces: number;
   /** Highest end of a user range that access_ok accepts (x86-64, 4-level paging: 0x7ffffffff000). */
   userAddressMax: bigint;
+  /** kvm_mmu_max_gfn(): the highest gfn the MMU maps (52-bit physical addresses: 2^40 - 1). */
+  maxGfn: bigint;
   slot(asId: number, id: number): SlotView | undefined;
   /** A slot of `asId` other than `id` whose gfn range intersects [start, end). */
   overlapping(asId: number, id: number, gfnStart: bigint, gfnEnd: bigint): SlotView | undefined;
@@ -175,8 +177,15 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
       });
     }
   }
+  // kvm_arch_prepare_memory_region (x86), after the bind: the slot must end within the MMU's reach.
+  if ((op === 'create' || op === 'move') && baseGfn + npages - 1n > ctx.maxGfn) {
+    return fail('memslot.max-gfn', `guest range ends at ${hex((baseGfn + npages) * page)}, beyond the highest guest frame the MMU maps (${hex((ctx.maxGfn + 1n) * page)})`);
+  }
   return decision(op);
 }
+
+/** kvm_mmu_max_gfn() on x86 with 52-bit physical addresses and 4 KiB pages. */
+export const MAX_GFN_52 = (1n << 40n) - 1n;
 
 export const memslotWhere = where;
 

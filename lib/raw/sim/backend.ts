@@ -11,7 +11,7 @@ import { kvmError, type ErrnoCode } from '../../errors.js';
 import { IntervalIndex } from '../../interval.js';
 import { RangeMap } from '../../rangemap.js';
 import { checkMemslot, isViolation, type GmemLookup, type MemslotContext, type RegionInput, type SlotView } from '../../rules/memslot.js';
-import { checkCreateGuestMemfd, checkFallocate, checkMmap } from '../../rules/gmem.js';
+import { checkCreateGuestMemfd, checkFallocate, checkMmapCall } from '../../rules/gmem.js';
 import { checkPreFault, checkSetMemoryAttributes } from '../../rules/attributes.js';
 import { violationError, type Violation } from '../../rules/types.js';
 import { toInt, toU64, typeName } from '../../u64.js';
@@ -21,6 +21,8 @@ import { FileMemory, SimMapping } from './memory.js';
 import { defaultProfile, PRIVATE_MEM_TYPES, PROTECTED_STATE_TYPES, type SimProfile } from './profile.js';
 
 export const SIM_HANDLE_BASE = 1_000_000_000;
+/** vm.mmap_min_addr: the lowest address mmap hands out. */
+const MMAP_MIN_ADDR = 0x10000n;
 const PAGE = 4096n;
 const KVM_MAX_VCPU_IDS = 4096;
 
@@ -34,7 +36,10 @@ class SimVm {
   slots = new Map<number, SimSlot>();
   byGfn = new Map<number, IntervalIndex<SimSlot>>();
   attributes = new RangeMap<bigint>(0n);
+  /** vCPU ids ever created: an id stays taken after its fd closes (vCPUs go with the VM). */
   vcpuIds = new Set<number>();
+  /** Whether a memslot was ever created (this host's pre-fault answers ENOSPC until then). */
+  everHadSlot = false;
   /** References: the VM fd, each gmem file, each vCPU (kvm_get_kvm). */
   refs = 1;
   constructor(readonly type: number) {}
@@ -124,10 +129,7 @@ export class SimBackend implements RawBackend {
     this.#handles.delete(fd);
     if (o.kind === 'vm') this.#putVm(o.vm);
     else if (o.kind === 'gmem') this.#putFile(o.file);
-    else if (o.kind === 'vcpu') {
-      o.vm.vcpuIds.delete(o.id);
-      this.#putVm(o.vm);
-    }
+    else if (o.kind === 'vcpu') this.#putVm(o.vm);
   }
 
   getApiVersion(fd: Handle): number {
@@ -186,8 +188,10 @@ export class SimBackend implements RawBackend {
   }
 
   createVcpu(vmFd: Handle, id: number): Handle {
-    const vm = this.#vm(vmFd, 'KVM_CREATE_VCPU');
+    const o = this.#get(vmFd, ioctl('KVM_CREATE_VCPU'));
     const n = toInt(id, 'vcpuId', 0, 2 ** 32 - 1);
+    const vm = this.#vm(vmFd, 'KVM_CREATE_VCPU');
+    void o;
     if (n >= KVM_MAX_VCPU_IDS) fail('EINVAL', ioctl('KVM_CREATE_VCPU'), `vCPU id ${n} is not below KVM_MAX_VCPU_IDS (${KVM_MAX_VCPU_IDS})`);
     if (vm.vcpuIds.has(n)) fail('EEXIST', ioctl('KVM_CREATE_VCPU'), `vCPU ${n} exists`);
     vm.vcpuIds.add(n);
@@ -230,20 +234,15 @@ export class SimBackend implements RawBackend {
     this.#putVm(f.vm);
   }
 
-  #file(fd: Handle, syscall: string): SimFile {
-    const o = this.#get(fd, { syscall });
-    if (o.kind !== 'gmem') fail(syscall === 'mmap' ? 'ENODEV' : 'EOPNOTSUPP', { syscall }, `fd ${fd} is not a guest_memfd`);
-    return o.file;
-  }
-
   fallocate(fd: Handle, mode: number, offset: bigint | number, length: bigint | number): void {
+    const o = this.#get(fd, { syscall: 'fallocate' });
     const m = toInt(mode, 'mode', -(2 ** 31), 2 ** 31 - 1);
     const off = toU64(offset, 'offset');
     const len = toU64(length, 'length');
-    const f = this.#file(fd, 'fallocate');
-    const v = checkFallocate(m, off, len, f.size, PAGE);
+    const f = o.kind === 'gmem' ? o.file : undefined;
+    const v = checkFallocate(m, off, len, f ? { kind: 'gmem', size: f.size } : { kind: 'not-regular' }, PAGE);
     if (v) throw violationError(v, { syscall: 'fallocate' });
-    if (m & Falloc.PUNCH_HOLE && off < f.size) f.memory.zero(Number(off), Number(len > f.size ? f.size : len));
+    if (f && m & Falloc.PUNCH_HOLE && off < f.size) f.memory.zero(Number(off), Number(len > f.size ? f.size : len));
   }
 
   fstat(fd: Handle): RawStat {
@@ -253,22 +252,24 @@ export class SimBackend implements RawBackend {
   }
 
   mmap(fd: Handle, length: bigint | number, offset: bigint | number, prot: number, flags: number): RawMapping {
+    const where = { syscall: 'mmap' };
+    const o = this.#get(fd, where);
     const len = toU64(length, 'length');
     const off = toU64(offset, 'offset');
     const p = toInt(prot, 'prot', -(2 ** 31), 2 ** 31 - 1);
     const fl = toInt(flags, 'flags', -(2 ** 31), 2 ** 31 - 1);
     if (fl & (MapFlag.FIXED | 0x100000)) throw new RangeError('mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported');
-    const where = { syscall: 'mmap' };
-    const o = this.#get(fd, where);
-    if (len === 0n || off % PAGE !== 0n) fail('EINVAL', where, 'length must be > 0 and offset page-aligned');
-    if ((fl & 0x03) === 0) fail('EINVAL', where, 'one of MAP_SHARED or MAP_PRIVATE is required');
+    const target = o.kind === 'gmem' ? { kind: 'gmem' as const, flags: o.file.flags } : o.kind === 'vcpu' ? { kind: 'vcpu' as const } : { kind: 'no-mmap' as const, noexec: o.kind === 'vm' };
+    const v = checkMmapCall(len, off, p, fl, target, PAGE, this.profile.userAddressMax - MMAP_MIN_ADDR);
+    if (v) throw violationError(v, where);
     const span = ((len + PAGE - 1n) / PAGE) * PAGE;
-    if (span > this.profile.userAddressMax) fail('ENOMEM', where, 'no room in the address space');
-    if (o.kind === 'vcpu') return { address: this.#reserve(span), buffer: new ArrayBuffer(Number(len)) };
+    if (o.kind === 'vcpu') {
+      // the kvm_run area (and the pages after it): only the area itself has bytes here
+      const buffer = new ArrayBuffer(Number(len < BigInt(this.profile.vcpuMmapSize) ? len : BigInt(this.profile.vcpuMmapSize)));
+      return { address: this.#reserve(span), buffer, view: (at, n) => new Uint8Array(buffer, at, n) };
+    }
     if (o.kind !== 'gmem') fail('ENODEV', where, `fd ${fd} cannot be mapped`);
     const f = o.file;
-    const v = checkMmap(f.flags, p, fl);
-    if (v) throw violationError(v, where);
     const accessible = (f.flags & GuestMemfdFlag.INIT_SHARED) !== 0n && off < f.size;
     let m: SimMapping;
     try {
@@ -289,7 +290,7 @@ export class SimBackend implements RawBackend {
 
   munmap(mapping: RawMapping): void {
     if (!(mapping instanceof SimMapping)) {
-      if (mapping && typeof mapping === 'object' && mapping.buffer instanceof ArrayBuffer) return; // a vCPU run area
+      if (mapping && typeof mapping === 'object' && typeof mapping.address === 'bigint') return; // a vCPU run area
       throw new TypeError('expected a mapping returned by mmap()');
     }
     if (mapping.unmapped) return;
@@ -314,6 +315,7 @@ export class SimBackend implements RawBackend {
   #setRegion(vmFd: Handle, region: RawRegion2, v2: boolean): void {
     const request = v2 ? 'KVM_SET_USER_MEMORY_REGION2' : 'KVM_SET_USER_MEMORY_REGION';
     const fd = toInt(vmFd, 'vmFd', -(2 ** 31), 2 ** 31 - 1);
+    this.#get(fd, ioctl(request));
     if (typeof region !== 'object' || region === null) throw new TypeError('region must be an object');
     const r: RegionInput = {
       v2,
@@ -356,6 +358,7 @@ export class SimBackend implements RawBackend {
           userspaceAddr: r.userspaceAddr, file, pgoff: r.guestMemfdOffset / PAGE,
         };
         vm.slots.set(key, s);
+        vm.everHadSlot = true;
         idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), s);
         if (file) file.bindings.insert(Number(s.pgoff), Number(s.pgoff + s.npages), s);
       }
@@ -370,6 +373,7 @@ export class SimBackend implements RawBackend {
       guestMemfd: true,
       addressSpaces: this.profile.addressSpaces,
       userAddressMax: this.profile.userAddressMax,
+      maxGfn: this.profile.maxGfn,
       slot: (asId, id) => {
         const s = vm.slots.get((asId << 16) | id);
         return s && view(s);
@@ -415,15 +419,17 @@ export class SimBackend implements RawBackend {
     return this.#state(this.#vcpu(vcpuFd, 'KVM_GET_REGS')).regs.slice();
   }
   setRegs(vcpuFd: Handle, regs: Uint8Array): void {
-    const o = this.#vcpu(vcpuFd, 'KVM_SET_REGS');
-    this.#state(o).regs = structBytes(regs, 144, 'regs');
+    this.#get(vcpuFd, ioctl('KVM_SET_REGS'));
+    const bytes = structBytes(regs, 144, 'regs');
+    this.#state(this.#vcpu(vcpuFd, 'KVM_SET_REGS')).regs = bytes;
   }
   getSregs(vcpuFd: Handle): Uint8Array {
     return this.#state(this.#vcpu(vcpuFd, 'KVM_GET_SREGS')).sregs.slice();
   }
   setSregs(vcpuFd: Handle, sregs: Uint8Array): void {
-    const o = this.#vcpu(vcpuFd, 'KVM_SET_SREGS');
-    this.#state(o).sregs = structBytes(sregs, 312, 'sregs');
+    this.#get(vcpuFd, ioctl('KVM_SET_SREGS'));
+    const bytes = structBytes(sregs, 312, 'sregs');
+    this.#state(this.#vcpu(vcpuFd, 'KVM_SET_SREGS')).sregs = bytes;
   }
 
   run(vcpuFd: Handle, _runArea: RawMapping): never {
@@ -436,6 +442,7 @@ export class SimBackend implements RawBackend {
   setMemoryAttributes(vmFd: Handle, attributes: RawMemoryAttributes): void {
     const where = ioctl('KVM_SET_MEMORY_ATTRIBUTES');
     const fd = toInt(vmFd, 'vmFd', -(2 ** 31), 2 ** 31 - 1);
+    this.#get(fd, where);
     if (typeof attributes !== 'object' || attributes === null) throw new TypeError('attributes must be an object');
     const a = {
       address: toU64(attributes.address, 'address'),
@@ -453,16 +460,16 @@ export class SimBackend implements RawBackend {
   preFaultMemory(vcpuFd: Handle, range: RawPreFault): { gpa: bigint; size: bigint } {
     const where = ioctl('KVM_PRE_FAULT_MEMORY');
     const fd = toInt(vcpuFd, 'vcpuFd', -(2 ** 31), 2 ** 31 - 1);
+    const o = this.#get(fd, where);
     if (typeof range !== 'object' || range === null) throw new TypeError('range must be an object');
     const r = { gpa: toU64(range.gpa, 'gpa'), size: toU64(range.size, 'size'), flags: range.flags === undefined ? 0n : toU64(range.flags, 'flags') };
-    const o = this.#get(fd, where);
-    if (o.kind !== 'vcpu') fail(o.kind === 'gmem' ? 'ENOTTY' : 'EINVAL', where, 'not a vCPU fd');
+    if (o.kind !== 'vcpu') fail(o.kind === 'system' ? 'EINVAL' : 'ENOTTY', where, 'not a vCPU fd');
     const v: Violation | undefined = checkPreFault(r, PAGE);
     if (v) throw violationError(v, where);
     const vm = o.vm;
     if (!this.profile.preFaultMemory) {
       // Observed on the project's 6.18 PVM host: with no memslot yet, ENOSPC comes first.
-      fail(vm.slots.size === 0 ? 'ENOSPC' : 'EOPNOTSUPP', where, 'this host cannot pre-fault (no TDP MMU)');
+      fail(vm.everHadSlot ? 'EOPNOTSUPP' : 'ENOSPC', where, 'this host cannot pre-fault (no TDP MMU)');
     }
     let gpa = r.gpa;
     let size = r.size;

@@ -38,6 +38,16 @@ export class SimMapping {
   get byteOffset(): number {
     return this.window ? this.offset - this.window.start : 0;
   }
+  view(offset: number, length: number): Uint8Array {
+    return new Uint8Array(this.buffer, this.byteOffset + offset, length);
+  }
+}
+
+const CHUNK = 1 << 30; // typed arrays are limited to 4 GiB: big windows are handled in pieces
+
+/** Calls fn(start, length) for [start, end) in pieces of at most 1 GiB. */
+function chunks(start: number, end: number, fn: (at: number, n: number) => void): void {
+  for (let at = start; at < end; at += CHUNK) fn(at, Math.min(CHUNK, end - at));
 }
 
 const EMPTY = new ArrayBuffer(0);
@@ -76,10 +86,9 @@ export class FileMemory {
     } catch {
       throw new RangeError(`the simulator cannot map ${stop - start} bytes at once`);
     }
-    const bytes = new Uint8Array(buffer);
-    for (const w of old) bytes.set(new Uint8Array(w.buffer), w.start - start);
+    for (const w of old) chunks(0, w.end - w.start, (at, n) => new Uint8Array(buffer, w.start - start + at, n).set(new Uint8Array(w.buffer, at, n)));
     this.#pagesIn(start, stop, (page, data) => {
-      bytes.set(data, page * PAGE - start);
+      new Uint8Array(buffer, page * PAGE - start, PAGE).set(data);
       this.#pages.delete(page);
     });
     const win: Window = { start, end: stop, buffer, maps: new Set() };
@@ -108,16 +117,19 @@ export class FileMemory {
       return;
     }
     // Last mapping of the window: keep the non-zero pages, drop the buffer.
-    const words = new Int32Array(w.buffer);
     const perPage = PAGE / 4;
-    for (let p = 0; p < words.length; p += perPage) {
-      for (let i = p; i < p + perPage; i++) {
-        if (words[i] !== 0) {
-          this.#pages.set((w.start + p * 4) / PAGE, new Uint8Array(w.buffer.slice(p * 4, p * 4 + PAGE)));
-          break;
+    chunks(0, w.end - w.start, (base, n) => {
+      const words = new Int32Array(w.buffer, base, n / 4);
+      for (let p = 0; p < words.length; p += perPage) {
+        for (let i = p; i < p + perPage; i++) {
+          if (words[i] !== 0) {
+            const at = base + p * 4;
+            this.#pages.set((w.start + at) / PAGE, new Uint8Array(w.buffer.slice(at, at + PAGE)));
+            break;
+          }
         }
       }
-    }
+    });
     move(w.buffer);
     this.#windows = this.#windows.filter((x) => x !== w);
   }
@@ -185,7 +197,7 @@ export class FileMemory {
     const end = Math.min(offset + length, this.size);
     if (end <= offset) return;
     for (const w of this.#overlapping(offset, end)) {
-      new Uint8Array(w.buffer).fill(0, Math.max(offset, w.start) - w.start, Math.min(end, w.end) - w.start);
+      chunks(Math.max(offset, w.start) - w.start, Math.min(end, w.end) - w.start, (at, n) => new Uint8Array(w.buffer, at, n).fill(0));
     }
     this.#pagesIn(offset, end, (p) => this.#pages.delete(p));
   }

@@ -4,6 +4,7 @@
  * built from a real host's capabilities() so that the simulator answers as that host would.
  */
 import type { Capabilities } from '../../capabilities.js';
+import { MAX_GFN_52 } from '../../rules/memslot.js';
 import { GuestMemfdFlag, VmType } from '../constants.js';
 
 export interface SimProfile {
@@ -23,6 +24,8 @@ export interface SimProfile {
   userAddressMax: bigint;
   /** KVM_GET_VCPU_MMAP_SIZE */
   vcpuMmapSize: number;
+  /** kvm_mmu_max_gfn(): the highest guest frame a memslot may reach. */
+  maxGfn: bigint;
 }
 
 const bit = (t: number) => 1 << t;
@@ -43,6 +46,7 @@ export const defaultProfile: SimProfile = {
   guestMemfdFlags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED,
   userAddressMax: 0x7ffffffff000n,
   vcpuMmapSize: 12288,
+  maxGfn: MAX_GFN_52,
 };
 
 /** A profile that answers as the host whose capabilities() these are. */
@@ -57,5 +61,6 @@ export function profileFromCapabilities(c: Capabilities, name = 'host'): SimProf
     guestMemfdFlags: c.guestMemfdFlags.raw | (c.systemGuestMemfdFlags ?? 0n),
     userAddressMax: defaultProfile.userAddressMax,
     vcpuMmapSize: defaultProfile.vcpuMmapSize,
+    maxGfn: defaultProfile.maxGfn,
   };
 }
