@@ -1,6 +1,6 @@
 import { accessSync, constants as fsc, readdirSync, readFileSync } from 'node:fs';
-import { expect } from 'vitest';
-import { openKvm, KvmError, type Kvm } from '../lib/index.js';
+import { afterEach, beforeEach, expect } from 'vitest';
+import { openKvm, KvmError, type Kvm, type Vm } from '../lib/index.js';
 
 /** The backend this vitest project asks for (set per project in vitest.config.ts). */
 export const backendName = (process.env.KVM_GMEM_BACKEND ?? 'auto') as 'auto' | 'kvm' | 'simulated';
@@ -63,4 +63,19 @@ export function mapCount(): number {
 export function isCloexec(fd: number): boolean {
   const flags = /flags:\s*([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!;
   return (parseInt(flags, 8) & 0o2000000) !== 0;
+}
+
+/** Opens this project's backend and a default VM before each test, closes both after it. */
+export function eachVm(set: (kvm: Kvm, vm: Vm) => void, options: { precheck?: boolean } = {}): void {
+  let kvm: Kvm;
+  let vm: Vm;
+  beforeEach(() => {
+    kvm = open(options);
+    vm = kvm.createVm();
+    set(kvm, vm);
+  });
+  afterEach(() => {
+    vm.close();
+    kvm.close();
+  });
 }

@@ -3,20 +3,16 @@
  * host: CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES off): the ioctl does not exist (ENOTTY) and the
  * books stay as they were.
  */
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { constants, type ConvertEvent, type Kvm, type Vm } from '../../lib/index.js';
-import { expectCode, MiB, open, PAGE, unavailable } from '../helpers.js';
+import { expectCode, MiB, PAGE, unavailable, eachVm } from '../helpers.js';
 
 describe.skipIf(unavailable)('memory attributes', () => {
   let kvm: Kvm;
   let vm: Vm;
-  beforeEach(() => {
-    kvm = open();
-    vm = kvm.createVm();
-  });
-  afterEach(() => {
-    vm.close();
-    kvm.close();
+  eachVm((k, v) => {
+    kvm = k;
+    vm = v;
   });
 
   const noAttributes = () => kvm.checkExtension(constants.Cap.MEMORY_ATTRIBUTES) === 0;

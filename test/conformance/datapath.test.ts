@@ -3,20 +3,16 @@
  * guest address; punch-hole zeroes them and reports the guest ranges it invalidated; one
  * gmem behind several slots translates each way.
  */
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import type { InvalidateEvent, Kvm, Vm } from '../../lib/index.js';
-import { expectCode, GiB, MiB, open, PAGE, unavailable } from '../helpers.js';
+import { expectCode, GiB, MiB, PAGE, unavailable, eachVm } from '../helpers.js';
 
 describe.skipIf(unavailable)('data path', () => {
   let kvm: Kvm;
   let vm: Vm;
-  beforeEach(() => {
-    kvm = open();
-    vm = kvm.createVm();
-  });
-  afterEach(() => {
-    vm.close();
-    kvm.close();
+  eachVm((k, v) => {
+    kvm = k;
+    vm = v;
   });
 
   test('write through the Mapping, read at the guest address; punch-hole zeroes', () => {

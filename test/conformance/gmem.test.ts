@@ -2,22 +2,18 @@
  * guest_memfd creation, fallocate and mmap, asserted through the typed API with the kernel's
  * errno code (kernel-spec.md §2a-c; selftest guest_memfd_test.c).
  */
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { constants, KvmError, type Kvm, type Vm } from '../../lib/index.js';
-import { expectCode, isCloexec, MiB, open, PAGE, simulated, unavailable } from '../helpers.js';
+import { expectCode, isCloexec, MiB, PAGE, simulated, unavailable, eachVm } from '../helpers.js';
 
 const { Falloc } = constants;
 
 describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'})`, () => {
   let kvm: Kvm;
   let vm: Vm;
-  beforeEach(() => {
-    kvm = open();
-    vm = kvm.createVm();
-  });
-  afterEach(() => {
-    vm.close();
-    kvm.close();
+  eachVm((k, v) => {
+    kvm = k;
+    vm = v;
   });
 
   test('size must be a positive multiple of the page size', () => {
