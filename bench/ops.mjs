@@ -14,7 +14,7 @@ import { openKvm, raw as rawNs } from '../dist/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const baseline = path.join(here, 'out', 'baseline');
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 7);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 11);
 const SCALE = Number(process.env.BENCH_SCALE ?? 0.25);
 const MiB2 = 2 << 20;
 
@@ -40,7 +40,7 @@ function time(key, n, fn) {
   return t(n, fn, process.hrtime.bigint);
 }
 
-const iters = { checkExtension: 2e6, 'punchHole empty 4 KiB': 1e6, 'allocate+punch 4 KiB': 2e5, 'gmem create+close': 1e5, 'memslot add+delete': 4e4, 'map+unmap 2 MiB': 1e5 };
+const iters = { checkExtension: 2e6, 'punchHole empty 4 KiB': 1e6, 'allocate+punch 4 KiB': 2e5, 'gmem create+close': 1e5, 'memslot add+delete': 1e4, 'map+unmap 2 MiB': 1e5 };
 const ops = Object.keys(iters);
 const n = (op) => Math.max(10, Math.round(iters[op] * SCALE));
 
@@ -66,12 +66,16 @@ function rawLoops(r) {
 function typedLoops(kvm) {
   const vm = kvm.createVm();
   const g = vm.createGuestMemfd({ size: MiB2, mmap: true, initShared: true });
+  // For the memslot loop, a gmem the host cannot touch: its slot has no host mapping
+  // (userspace_addr 0), as in the C and raw loops; an initShared gmem's slot would also
+  // map and unmap its memory each time.
+  const gslot = vm.createGuestMemfd({ size: MiB2, mmap: true });
   const loops = {
     checkExtension: () => kvm.checkExtension(234),
     'punchHole empty 4 KiB': () => g.punchHole(0, 4096),
     'allocate+punch 4 KiB': () => { g.allocate(0, 4096); g.punchHole(0, 4096); },
     'gmem create+close': () => vm.createGuestMemfd({ size: MiB2, mmap: true, initShared: true }).close(),
-    'memslot add+delete': () => vm.memslots.add({ guestPhysAddr: 0, size: MiB2, guestMemfd: g, userspace: undefined }).delete(),
+    'memslot add+delete': () => vm.memslots.add({ guestPhysAddr: 0, size: MiB2, guestMemfd: gslot }).delete(),
     'map+unmap 2 MiB': () => g.map().close(),
   };
   return { loops, done: () => vm.close() };
@@ -88,30 +92,38 @@ try {
   kvmOk = false;
 }
 
-for (let round = 0; round < ROUNDS; round++) {
-  if (kvmOk) {
-    const c = JSON.parse(execFileSync(baseline, [String(SCALE), '1'], { encoding: 'utf8' }));
-    for (const op of ops) keep('c', op, c[op]);
-    const c1 = JSON.parse(execFileSync(baseline, [String(SCALE), '0'], { encoding: 'utf8' }));
-    for (const op of ops) keep('cSingle', op, c1[op]);
-    // raw and typed take turns going first, so neither always runs on a cold machine
-    const sides = [
-      () => {
-        const r = rawLoops(native);
-        for (const op of ops) keep('raw', op, time(`raw ${op}`, n(op), r.loops[op]));
-        r.done();
-      },
-      () => {
-        const kvm = openKvm({ backend: 'kvm' });
-        const t = typedLoops(kvm);
-        for (const op of ops) keep('typed', op, time(`typed ${op}`, n(op), t.loops[op]));
-        t.done();
-        kvm.close();
-      },
-    ];
-    if (round % 2) sides.reverse();
-    for (const side of sides) side();
+// Per op, C, raw and typed take turns round by round (raw and typed alternating which goes
+// first), so that a slow spell of the machine, which on this kind of VM can last seconds
+// for memslot updates (RCU grace periods), falls on every side alike.
+const c = (op, threads) => JSON.parse(execFileSync(baseline, [String(SCALE), String(threads), op], { encoding: 'utf8' }))[op];
+let rawSide;
+let typedSide;
+let typedKvm;
+if (kvmOk) {
+  rawSide = rawLoops(native);
+  typedKvm = openKvm({ backend: 'kvm' });
+  typedSide = typedLoops(typedKvm);
+}
+for (const op of ops) {
+  for (let round = 0; round < ROUNDS; round++) {
+    if (kvmOk) {
+      keep('c', op, c(op, 1));
+      keep('cSingle', op, c(op, 0));
+      const sides = [
+        () => keep('raw', op, time(`raw ${op}`, n(op), rawSide.loops[op])),
+        () => keep('typed', op, time(`typed ${op}`, n(op), typedSide.loops[op])),
+      ];
+      if (round % 2) sides.reverse();
+      for (const side of sides) side();
+    }
   }
+}
+if (kvmOk) {
+  rawSide.done();
+  typedSide.done();
+  typedKvm.close();
+}
+for (let round = 0; round < 3; round++) {
   const sim = openKvm({ backend: 'simulated' });
   const s = rawLoops(sim.raw);
   for (const op of ops) keep('sim', op, time(`sim ${op}`, Math.min(n(op), 20000), s.loops[op]));
@@ -121,7 +133,7 @@ for (let round = 0; round < ROUNDS; round++) {
 
 const results = [];
 const f = (x) => (x === undefined ? '-' : x >= 1000 ? `${(x / 1000).toFixed(2)} us` : `${x.toFixed(0)} ns`);
-console.log(`ops (best of ${ROUNDS} interleaved rounds; C with an idle 2nd thread, single-threaded C in brackets)`);
+console.log(`ops (best of ${ROUNDS} rounds per op, C/raw/typed interleaved; C with an idle 2nd thread, single-threaded C in brackets)`);
 console.log(`${'op'.padEnd(24)}${'C'.padStart(20)}${'raw JS'.padStart(11)}${'ratio'.padStart(7)}${'typed'.padStart(11)}${'ratio'.padStart(7)}${'simulated'.padStart(11)}`);
 for (const op of ops) {
   const c = best.c[op];

@@ -1,7 +1,8 @@
 // The C baseline for `npm run bench`: the same loops as bench/ops.mjs, as direct syscalls.
 // Prints one JSON object: { op: ns_per_op, ... }. Built by scripts/bench.mjs with c++ -O2.
 //
-// `baseline [scale] [threads]`: with threads = 1 an idle second thread runs during the loops.
+// `baseline [scale] [threads] [op]`: with threads = 1 an idle second thread runs during the
+// loops; with an op name, only that loop runs.
 // That matters: in a single-threaded process the kernel's fdget() skips the atomic reference
 // count on the file, so every fd syscall is cheaper than in any multi-threaded process, and a
 // Node process always has several threads. The threaded run is the like-for-like baseline.
@@ -32,8 +33,11 @@ static void die(const char* what) {
   exit(1);
 }
 
+static const char* only = nullptr;  // run just this op (argv[3])
+
 #define BENCH(name, iters, body)                              \
   do {                                                        \
+    if (only && strcmp(only, name) != 0) break;               \
     for (long i = 0; i < (iters) / 10; i++) { body; }         \
     double t0 = now_ns();                                     \
     for (long i = 0; i < (iters); i++) { body; }              \
@@ -48,6 +52,7 @@ static void* idle(void*) {
 
 int main(int argc, char** argv) {
   double scale = argc > 1 ? atof(argv[1]) : 1.0;
+  if (argc > 3) only = argv[3];
   if (argc > 2 && atoi(argv[2]) != 0) {
     pthread_t t;
     pthread_create(&t, nullptr, idle, nullptr);
