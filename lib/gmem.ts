@@ -1,9 +1,9 @@
 import { kvmError } from './errors.js';
-import { Children, track, untrack } from './lifetime.js';
+import { Children, trackWithMappings, untrack } from './lifetime.js';
 import { Mapping } from './mapping.js';
 import type { GuestRange } from './memslots.js';
 import { Falloc, GuestMemfdFlag, Map as MapFlag, Prot } from './raw/constants.js';
-import type { Handle, RawBackend, RawStat } from './raw/types.js';
+import type { Handle, RawBackend, RawMapping, RawStat } from './raw/types.js';
 import { checkFallocate } from './rules/gmem.js';
 import { violationError } from './rules/types.js';
 import { hex, toOptions, toU64 } from './u64.js';
@@ -24,6 +24,8 @@ export class GuestMemfd {
   #fd: Handle;
   #closed = false;
   #mappings = new Children<Mapping>();
+  /** The raw mappings of #mappings, for the finalizer (which must not reach the Mapping objects). */
+  #rawMappings = new Set<RawMapping>();
   /** Mappings made for slots that were given no `userspace` (unmapped with their last slot). */
   #own = new Set<Mapping>();
 
@@ -34,7 +36,7 @@ export class GuestMemfd {
     this.#fd = fd;
     this.size = size;
     this.flags = flags;
-    track(this, raw, fd);
+    trackWithMappings(this, raw, fd, this.#rawMappings);
   }
 
   get fd(): Handle {
@@ -109,6 +111,7 @@ export class GuestMemfd {
     const raw = this.#raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
     const m = new Mapping(this, this.#raw, raw, offset, length);
     this.#mappings.add(m);
+    this.#rawMappings.add(raw);
     return m;
   }
 
@@ -130,8 +133,9 @@ export class GuestMemfd {
   }
 
   /** @internal a Mapping was unmapped */
-  _forget(m: Mapping): void {
+  _forget(m: Mapping, raw: RawMapping): void {
     this.#mappings.delete(m);
+    this.#rawMappings.delete(raw);
     this.#own.delete(m);
   }
 

@@ -23,9 +23,16 @@ export function track(owner: object, raw: { close(fd: number): void }, fd: numbe
   registry.register(owner, () => raw.close(fd), owner);
 }
 
-/** Unmaps `mapping` when `owner` is collected (untrack(owner) cancels it). */
-export function trackMapping(owner: object, raw: { munmap(m: RawMapping): void }, mapping: RawMapping): void {
-  registry.register(owner, () => raw.munmap(mapping), owner);
+/**
+ * Unmaps `mappings` (the live ones at that time) and closes `fd` when `owner` is collected
+ * (untrack(owner) cancels it). A gmem's mappings belong to it, so they are collected with it
+ * and need no registration of their own: map and unmap stay cheap.
+ */
+export function trackWithMappings(owner: object, raw: { close(fd: number): void; munmap(m: RawMapping): void }, fd: number, mappings: Set<RawMapping>): void {
+  registry.register(owner, () => {
+    for (const m of mappings) raw.munmap(m);
+    raw.close(fd);
+  }, owner);
 }
 
 export function untrack(owner: object): void {

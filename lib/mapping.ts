@@ -1,7 +1,6 @@
 import { kvmError } from './errors.js';
 import type { GuestMemfd } from './gmem.js';
 import type { Memslot } from './memslots.js';
-import { trackMapping, untrack } from './lifetime.js';
 import type { RawBackend, RawMapping } from './raw/types.js';
 import { toU64, hex } from './u64.js';
 
@@ -10,8 +9,8 @@ export const MAX_VIEW = 2 ** 32;
 
 /**
  * A shared mapping of a guest_memfd range, created by GuestMemfd.map(). Views over it are
- * zero-copy and are detached when it is unmapped (by close(), by its gmem's close, or when
- * the Mapping is collected), so none outlives it: keep the Mapping while you use its views. Every byte it exposes
+ * zero-copy and are detached when it is unmapped (by close(), or by its gmem's close or
+ * collection), so none outlives it. A gmem owns its mappings. Every byte it exposes
  * is host-accessible (the gmem has initShared and the range is inside the file), so a view
  * never faults. While a memslot uses it as userspace memory it cannot be unmapped.
  */
@@ -35,7 +34,6 @@ export class Mapping {
     this.address = mapping.address;
     this.offset = offset;
     this.length = length;
-    trackMapping(this, raw, mapping);
   }
 
   get closed(): boolean {
@@ -100,11 +98,10 @@ export class Mapping {
         conflict: { slot: ids[0]!, asId: [...this.#pins][0]!.asId },
       });
     }
-    untrack(this);
     this.#raw.munmap(this.#mapping);
     this.#closed = true;
     this.#bytes = undefined;
-    this.guestMemfd._forget(this);
+    this.guestMemfd._forget(this, this.#mapping);
   }
 
   [Symbol.dispose](): void {
