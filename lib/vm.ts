@@ -6,7 +6,7 @@ import type { Kvm } from './kvm.js';
 import { Children, track, untrack } from './lifetime.js';
 import { MemslotTable, type GuestRange } from './memslots.js';
 import { RangeMap } from './rangemap.js';
-import { Cap, GuestMemfdFlag, MemoryAttribute, vmTypeName, type VmTypeName } from './raw/constants.js';
+import { GuestMemfdFlag, MemoryAttribute, vmTypeName, type VmTypeName } from './raw/constants.js';
 import type { Handle, RawBackend } from './raw/types.js';
 import { checkCreateGuestMemfd } from './rules/gmem.js';
 import { violationError } from './rules/types.js';
@@ -265,4 +265,3 @@ export class Vm extends EventEmitter {
   }
 }
 
-export { Cap };
