@@ -87,12 +87,12 @@ export function checkMmapCall(length: bigint, offset: bigint, prot: number, flag
   if (type === MapFlag.SHARED_VALIDATE && flags & ~LEGACY_MAP_MASK) return fail('validate', 'EOPNOTSUPP', `flags ${hex(flags & ~LEGACY_MAP_MASK)} are not supported by this file`);
   if (prot & 4 && (target.kind !== 'no-mmap' || target.noexec)) return fail('exec', 'EPERM', 'the file is on a noexec mount: no PROT_EXEC');
   if (target.kind === 'no-mmap') return fail('no-mmap', 'ENODEV', 'this file cannot be mapped');
-  if (target.kind === 'gmem') return checkMmap(target.flags, prot, flags);
+  if (target.kind === 'gmem') return checkMmap(target.flags, flags);
   return undefined;
 }
 
 /** kvm_gmem_mmap's own checks, for a guest_memfd created with `gmemFlags`. */
-export function checkMmap(gmemFlags: bigint, prot: number, flags: number): Violation | undefined {
+export function checkMmap(gmemFlags: bigint, flags: number): Violation | undefined {
   if (!(gmemFlags & GuestMemfdFlag.MMAP)) {
     return { rule: 'mmap.no-mmap-flag', code: 'ENODEV', message: 'this guest_memfd was created without GUEST_MEMFD_FLAG_MMAP' };
   }

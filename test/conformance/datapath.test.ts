@@ -4,14 +4,12 @@
  * gmem behind several slots translates each way.
  */
 import { describe, expect, test } from 'vitest';
-import type { InvalidateEvent, Kvm, Vm } from '../../lib/index.js';
+import type { InvalidateEvent, Vm } from '../../lib/index.js';
 import { expectCode, GiB, MiB, PAGE, unavailable, eachVm } from '../helpers.js';
 
 describe.skipIf(unavailable)('data path', () => {
-  let kvm: Kvm;
   let vm: Vm;
-  eachVm((k, v) => {
-    kvm = k;
+  eachVm((_k, v) => {
     vm = v;
   });
 

@@ -188,10 +188,9 @@ export class SimBackend implements RawBackend {
   }
 
   createVcpu(vmFd: Handle, id: number): Handle {
-    const o = this.#get(vmFd, ioctl('KVM_CREATE_VCPU'));
+    this.#get(vmFd, ioctl('KVM_CREATE_VCPU')); // EBADF before argument errors, as the addon
     const n = toInt(id, 'vcpuId', 0, 2 ** 32 - 1);
     const vm = this.#vm(vmFd, 'KVM_CREATE_VCPU');
-    void o;
     if (n >= KVM_MAX_VCPU_IDS) fail('EINVAL', ioctl('KVM_CREATE_VCPU'), `vCPU id ${n} is not below KVM_MAX_VCPU_IDS (${KVM_MAX_VCPU_IDS})`);
     if (vm.vcpuIds.has(n)) fail('EEXIST', ioctl('KVM_CREATE_VCPU'), `vCPU ${n} exists`);
     vm.vcpuIds.add(n);
