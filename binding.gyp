@@ -10,7 +10,7 @@
         "NODE_ADDON_API_DISABLE_DEPRECATED",
         "_GNU_SOURCE"
       ],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"],
+      "cflags_cc": ["-std=c++17", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"],
       "cflags_cc!": ["-fno-exceptions"],
       "conditions": [
         ["OS!='linux'", { "type": "none", "sources": [] }]

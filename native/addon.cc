@@ -23,6 +23,7 @@
 
 #include "args.h"
 #include "kvm_uapi.h"
+#include "syscall.h"
 
 namespace kvmg {
 namespace {
@@ -58,7 +59,7 @@ napi_value IoctlInt(napi_env env, napi_callback_info info, unsigned long request
   int fd = a.Fd(0, "fd");
   int32_t arg = withArg ? a.Int32(1, "arg") : 0;
   if (!a.ok) return nullptr;
-  int r = ioctl(fd, request, static_cast<long>(arg));
+  int r = sys::Ioctl(fd, request, static_cast<unsigned long>(static_cast<long>(arg)));
   return r < 0 ? Fail(a, "ioctl", name) : Int(env, r);
 }
 
@@ -105,7 +106,7 @@ napi_value Close(napi_env env, napi_callback_info info) {
     a.addon()->ThrowErrno(env, EBADF, "close", nullptr, "not an fd that kvm-gmem opened in this thread");
     return nullptr;
   }
-  return ::close(fd) < 0 ? Fail(a, "close", nullptr) : Undefined(env);
+  return sys::Close(fd) < 0 ? Fail(a, "close", nullptr) : Undefined(env);
 }
 
 napi_value GetApiVersion(napi_env env, napi_callback_info info) {
@@ -127,7 +128,7 @@ napi_value CreateFd(napi_env env, napi_callback_info info, unsigned long request
   int fd = a.Fd(0, "fd");
   uint32_t arg = a.Uint32(1, request == KVM_CREATE_VM ? "type" : "vcpuId");
   if (!a.ok) return nullptr;
-  int r = ioctl(fd, request, static_cast<unsigned long>(arg));
+  int r = sys::Ioctl(fd, request, static_cast<unsigned long>(arg));
   return r < 0 ? Fail(a, "ioctl", name) : a.addon()->NewFd(env, r);
 }
 
@@ -147,7 +148,7 @@ napi_value CreateGuestMemfd(napi_env env, napi_callback_info info) {
   gmem.size = a.Uint64(1, "size");
   gmem.flags = a.Uint64(2, "flags");
   if (!a.ok) return nullptr;
-  int g = ioctl(fd, KVM_CREATE_GUEST_MEMFD, &gmem);
+  int g = sys::Ioctl(fd, KVM_CREATE_GUEST_MEMFD, &gmem);
   if (g < 0) return Fail(a, "ioctl", "KVM_CREATE_GUEST_MEMFD");
   // The kernel creates gmem fds without O_CLOEXEC; a child exec'd later must not inherit one
   // (it would pin the VM). F_SETFD cannot fail on a valid fd.
@@ -173,7 +174,7 @@ napi_value SetUserMemoryRegion(napi_env env, napi_callback_info info) {
   napi_value o = a.Object(1, "region");
   ReadRegion(a, o, &r);
   if (!a.ok) return nullptr;
-  return ioctl(fd, KVM_SET_USER_MEMORY_REGION, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION") : Undefined(env);
+  return sys::Ioctl(fd, KVM_SET_USER_MEMORY_REGION, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION") : Undefined(env);
 }
 
 // setUserMemoryRegion2(vmFd, { slot, flags, guestPhysAddr, memorySize, userspaceAddr,
@@ -187,7 +188,7 @@ napi_value SetUserMemoryRegion2(napi_env env, napi_callback_info info) {
   r.guest_memfd_offset = a.Uint64Prop(o, "guestMemfdOffset", false);
   r.guest_memfd = a.Uint32Prop(o, "guestMemfd", false);
   if (!a.ok) return nullptr;
-  return ioctl(fd, KVM_SET_USER_MEMORY_REGION2, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION2") : Undefined(env);
+  return sys::Ioctl(fd, KVM_SET_USER_MEMORY_REGION2, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION2") : Undefined(env);
 }
 
 // setMemoryAttributes(vmFd, { address, size, attributes, flags }).
@@ -201,7 +202,7 @@ napi_value SetMemoryAttributes(napi_env env, napi_callback_info info) {
   m.attributes = a.Uint64Prop(o, "attributes", true);
   m.flags = a.Uint64Prop(o, "flags", false);
   if (!a.ok) return nullptr;
-  return ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &m) < 0 ? Fail(a, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES") : Undefined(env);
+  return sys::Ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &m) < 0 ? Fail(a, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES") : Undefined(env);
 }
 
 // preFaultMemory(vcpuFd, { gpa, size, flags }): { gpa, size } as the kernel left them (the
@@ -215,7 +216,7 @@ napi_value PreFaultMemory(napi_env env, napi_callback_info info) {
   p.size = a.Uint64Prop(o, "size", true);
   p.flags = a.Uint64Prop(o, "flags", false);
   if (!a.ok) return nullptr;
-  if (ioctl(fd, KVM_PRE_FAULT_MEMORY, &p) < 0) return Fail(a, "ioctl", "KVM_PRE_FAULT_MEMORY");
+  if (sys::Ioctl(fd, KVM_PRE_FAULT_MEMORY, &p) < 0) return Fail(a, "ioctl", "KVM_PRE_FAULT_MEMORY");
   napi_value out;
   napi_create_object(env, &out);
   napi_set_named_property(env, out, "gpa", BigU64(env, p.gpa));
@@ -232,7 +233,7 @@ napi_value Fallocate(napi_env env, napi_callback_info info) {
   uint64_t offset = a.Uint64(2, "offset");
   uint64_t length = a.Uint64(3, "length");
   if (!a.ok) return nullptr;
-  return fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0 ? Fail(a, "fallocate", nullptr) : Undefined(env);
+  return sys::Fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0 ? Fail(a, "fallocate", nullptr) : Undefined(env);
 }
 
 // fstat(fd): { size, mode, blksize, blocks, ino } (size/blocks/ino as bigint).
@@ -264,14 +265,14 @@ napi_value Mmap(napi_env env, napi_callback_info info) {
   int32_t flags = a.Int32(4, "flags");
   if (a.ok && (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))) a.Fail(false, "mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported");
   if (!a.ok) return nullptr;
-  void* p = ::mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
+  void* p = sys::Mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Fail(a, "mmap", nullptr);
-  a.addon()->registry->mappings[p] = new Mapping{p, static_cast<size_t>(length), fd, prot, flags};
+  a.addon()->registry->mappings.try_emplace(p, Mapping{p, static_cast<size_t>(length), fd, prot, flags});
   return BigU64(env, reinterpret_cast<uint64_t>(p));
 }
 
 Mapping* MappingArg(Args& a) {
-  uint64_t addr = a.Uint64(0, "address");
+  uint64_t addr = a.Address(0, "address");
   if (!a.ok) return nullptr;
   Mapping* m = FindMapping(a.addon()->registry.get(), addr);
   if (!m) a.Fail(false, "address is not a mapping made by mmap() (or it was unmapped)");
@@ -325,7 +326,7 @@ napi_value MappingBuffer(napi_env env, napi_callback_info info) {
 // an address that is no longer mapped is a no-op, so a second munmap is harmless.
 napi_value Munmap(napi_env env, napi_callback_info info) {
   Args a(env, info, 1);
-  uint64_t addr = a.Uint64(0, "address");
+  uint64_t addr = a.Address(0, "address");
   if (!a.ok) return nullptr;
   Registry* reg = a.addon()->registry.get();
   Mapping* m = FindMapping(reg, addr);
@@ -334,15 +335,14 @@ napi_value Munmap(napi_env env, napi_callback_info info) {
     errno = EBUSY;  // a vCPU thread is in KVM_RUN with it
     return Fail(a, "munmap", nullptr);
   }
-  if (munmap(m->addr, m->length) < 0) return Fail(a, "munmap", nullptr);
+  if (sys::Munmap(m->addr, m->length) < 0) return Fail(a, "munmap", nullptr);
   if (m->buffer) m->windows.push_back(m->buffer);
   for (napi_ref ref : m->windows) {
     napi_value buffer = nullptr;
     if (napi_get_reference_value(env, ref, &buffer) == napi_ok && buffer) napi_detach_arraybuffer(env, buffer);
     napi_delete_reference(env, ref);
   }
-  reg->mappings.erase(m->addr);
-  delete m;
+  reg->mappings.erase(m->addr);  // (m goes with it)
   return Undefined(env);
 }
 
@@ -350,12 +350,14 @@ napi_value Munmap(napi_env env, napi_callback_info info) {
 
 int Args::Fd(size_t i, const char* name) {
   int fd = Int32(i, name);
-  if (ok && !addon()->registry->Owns(fd)) {
-    ok = false;
-    errno = EBADF;
-    addon()->ThrowErrno(env, EBADF, name, nullptr, "not an fd that kvm-gmem opened in this thread");
-  }
+  if (ok && !addon()->registry->Owns(fd)) NotOurFd(name);
   return fd;
+}
+
+void Args::NotOurFd(const char* name) {
+  ok = false;
+  errno = EBADF;
+  addon()->ThrowErrno(env, EBADF, name, nullptr, "not an fd that kvm-gmem opened in this thread");
 }
 
 Addon::Addon(Napi::Env env, Napi::Object exports) {
@@ -401,13 +403,11 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
 
 void Addon::Cleanup(Registry* registry) {
   StopRuns(registry);  // first: a vCPU thread must not outlive the fds and mappings below
-  for (auto& [addr, m] : registry->mappings) {
-    munmap(m->addr, m->length);  // (its buffer reference goes with the environment)
-    delete m;
-  }
+  for (auto& [addr, m] : registry->mappings) munmap(m.addr, m.length);  // (its buffer references go with the environment)
   registry->mappings.clear();
-  for (int fd : registry->fds) ::close(fd);
-  registry->fds.clear();
+  for (size_t fd = 0; fd < registry->owned.size(); fd++)
+    if (registry->owned[fd]) ::close(static_cast<int>(fd));
+  registry->owned.clear();
 }
 
 void Addon::ThrowErrno(napi_env e, int err, const char* syscall, const char* request, const char* detail) {

@@ -16,31 +16,7 @@
 
 namespace kvmg {
 
-struct Mapping;
 struct RunState;
-
-// What one Node environment (main thread or worker) has open through the addon. The env
-// cleanup hook closes and unmaps whatever is still here when the environment ends, so a
-// worker that exits does not leak into the process. Shared with each Mapping so that a
-// finalizer running after the addon instance is gone never touches freed memory.
-struct Registry {
-  std::unordered_set<int> fds;
-  std::vector<uint8_t> owned;  // owned[fd] != 0 for fds in `fds` (an O(1) check per call)
-  bool Owns(int fd) const { return fd >= 0 && static_cast<size_t>(fd) < owned.size() && owned[fd]; }
-  void Add(int fd) {
-    fds.insert(fd);
-    if (static_cast<size_t>(fd) >= owned.size()) owned.resize(fd + 64);
-    owned[fd] = 1;
-  }
-  bool Remove(int fd) {
-    if (!Owns(fd)) return false;
-    owned[fd] = 0;
-    fds.erase(fd);
-    return true;
-  }
-  std::unordered_map<void*, Mapping*> mappings;         // by address, while mapped
-  std::unordered_set<std::shared_ptr<RunState>> runs;  // KVM_RUN threads in flight
-};
 
 // A mapping made by mmap(), until munmap() (or the environment's end). Its ArrayBuffer is
 // made on first request and held until munmap, which detaches it.
@@ -55,10 +31,34 @@ struct Mapping {
   int busy = 0;  // KVM_RUN threads using this (a vCPU's kvm_run area): munmap is refused
 };
 
+// What one Node environment (main thread or worker) has open through the addon. The env
+// cleanup hook closes and unmaps whatever is still here when the environment ends, so a
+// worker that exits does not leak into the process. Shared with each Mapping so that a
+// finalizer running after the addon instance is gone never touches freed memory.
+struct Registry {
+  // owned[fd] != 0 for the fds open through the addon: an O(1) check per call, and no
+  // allocation per open/close (the kernel hands out the lowest free numbers, so it stays small).
+  std::vector<uint8_t> owned;
+  bool Owns(int fd) const { return fd >= 0 && static_cast<size_t>(fd) < owned.size() && owned[fd]; }
+  void Add(int fd) {
+    if (static_cast<size_t>(fd) >= owned.size()) owned.resize(fd + 64);
+    owned[fd] = 1;
+  }
+  bool Remove(int fd) {
+    if (!Owns(fd)) return false;
+    owned[fd] = 0;
+    return true;
+  }
+  // By address, while mapped. Held by value (one allocation per mmap); a Mapping's address
+  // stays valid until its own erase, whatever else is inserted or erased.
+  std::unordered_map<void*, Mapping> mappings;
+  std::unordered_set<std::shared_ptr<RunState>> runs;  // KVM_RUN threads in flight
+};
+
 // The live mapping at `addr`, or nullptr.
 inline Mapping* FindMapping(Registry* registry, uint64_t addr) {
   auto it = registry->mappings.find(reinterpret_cast<void*>(addr));
-  return it == registry->mappings.end() ? nullptr : it->second;
+  return it == registry->mappings.end() ? nullptr : &it->second;
 }
 
 // Kicks every vCPU thread of the registry out of KVM_RUN and waits until each has left it.

@@ -39,8 +39,16 @@ class Args {
   // syscall. The raw layer must not touch the process's other files: fallocate on stdout, an
   // mmap of Node's own files, or a KVM ioctl number on some other driver's device.
   int Fd(size_t i, const char* name);
+  __attribute__((noinline, cold)) void NotOurFd(const char* name);
   uint32_t Uint32(size_t i, const char* name) { return static_cast<uint32_t>(Integer(argv_[i], name, 0, UINT32_MAX)); }
   uint64_t Uint64(size_t i, const char* name) { return Uint64Of(argv_[i], name); }
+  // The same, for values that are usually a bigint (addresses): that is tried first.
+  uint64_t Address(size_t i, const char* name) {
+    uint64_t u;
+    bool lossless;
+    if (ok && napi_get_value_bigint_uint64(env, argv_[i], &u, &lossless) == napi_ok && lossless) return u;
+    return Uint64Of(argv_[i], name);
+  }
 
   // An object argument (nullptr after a failure).
   napi_value Object(size_t i, const char* name) {
@@ -64,7 +72,7 @@ class Args {
     return v ? Uint64Of(v, key) : 0;
   }
 
-  void Fail(bool type, const std::string& msg) {
+  __attribute__((noinline, cold)) void Fail(bool type, const std::string& msg) {
     if (!ok) return;
     ok = false;
     if (type)
@@ -91,30 +99,44 @@ class Args {
     return v;
   }
 
+  // The accessors' common case is inline and small; a value that fails goes to the cold
+  // out-of-line half, which builds the message. (The hot calls cost about as much as the
+  // ioctl they make: a fat frame here shows in every one of them.)
   double Integer(napi_value v, const char* name, double lo, double hi) {
+    double d;
+    if (ok && napi_get_value_double(env, v, &d) == napi_ok && d >= lo && d <= hi &&
+        d == static_cast<double>(static_cast<int64_t>(d)))
+      return d;
+    return IntegerFailed(v, name, lo, hi);
+  }
+
+  uint64_t Uint64Of(napi_value v, const char* name) {
+    double d;
+    if (ok && napi_get_value_double(env, v, &d) == napi_ok && d >= 0 && d <= kMaxSafeInteger &&
+        d == static_cast<double>(static_cast<uint64_t>(d)))
+      return static_cast<uint64_t>(d);
+    return Uint64Slow(v, name);
+  }
+
+  __attribute__((noinline, cold)) double IntegerFailed(napi_value v, const char* name, double lo, double hi) {
     if (!ok) return 0;
     double d;
     if (napi_get_value_double(env, v, &d) != napi_ok) {
       Fail(true, std::string(name) + " must be a number");
       return 0;
     }
-    if (!(d >= lo && d <= hi) || d != static_cast<double>(static_cast<int64_t>(d))) {
-      Fail(false, std::string(name) + " must be an integer in [" + std::to_string(static_cast<int64_t>(lo)) + ", " +
-                      std::to_string(static_cast<int64_t>(hi)) + "]");
-      return 0;
-    }
-    return d;
+    Fail(false, std::string(name) + " must be an integer in [" + std::to_string(static_cast<int64_t>(lo)) + ", " +
+                    std::to_string(static_cast<int64_t>(hi)) + "]");
+    return 0;
   }
 
-  uint64_t Uint64Of(napi_value v, const char* name) {
+  // Not a safe-integer number: a bigint (lossless), or an error.
+  __attribute__((noinline)) uint64_t Uint64Slow(napi_value v, const char* name) {
     if (!ok) return 0;
     double d;
     if (napi_get_value_double(env, v, &d) == napi_ok) {
-      if (!(d >= 0 && d <= kMaxSafeInteger) || d != static_cast<double>(static_cast<uint64_t>(d))) {
-        Fail(false, std::string(name) + " must be a non-negative safe integer (use a bigint for larger values)");
-        return 0;
-      }
-      return static_cast<uint64_t>(d);
+      Fail(false, std::string(name) + " must be a non-negative safe integer (use a bigint for larger values)");
+      return 0;
     }
     uint64_t u;
     bool lossless = false;
