@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { KvmError } from '../errors.js';
 import { traced } from '../debug.js';
 import type { RawBackend, RawMapping } from './types.js';
+import type { U64 } from '../u64.js';
 
 type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'run'> & {
   setErrorClass(ctor: typeof KvmError): void;
@@ -31,7 +32,8 @@ class NativeMapping implements RawMapping {
   #unmapped = false;
   constructor(
     readonly address: bigint,
-    readonly length: bigint,
+    // As the caller gave it (a number or a bigint): no BigInt made per mmap.
+    private readonly length: U64,
     private readonly addon: Addon,
   ) {}
   get buffer(): ArrayBuffer {
@@ -40,7 +42,7 @@ class NativeMapping implements RawMapping {
   }
   view(offset: number, length: number): Uint8Array {
     this.#live();
-    if (this.length <= 2n ** 32n) return new Uint8Array(this.buffer, offset, length);
+    if (this.length <= 2 ** 32) return new Uint8Array(this.buffer, offset, length);
     return new Uint8Array(this.addon.mappingBuffer(this.address, offset, length));
   }
   unmap(): void {
@@ -120,7 +122,7 @@ export function nativeBackend(): RawBackend {
     preFaultMemory: a.preFaultMemory,
     fallocate: a.fallocate,
     fstat: a.fstat,
-    mmap: (fd, length, offset, prot, flags) => new NativeMapping(a.mmap(fd, length, offset, prot, flags), BigInt(length), a),
+    mmap: (fd, length, offset, prot, flags) => new NativeMapping(a.mmap(fd, length, offset, prot, flags), length, a),
     munmap: (m) => {
       if (!(m instanceof NativeMapping)) throw new TypeError('expected a mapping returned by mmap()');
       m.unmap();
