@@ -1,12 +1,12 @@
 import { kvmError } from './errors.js';
-import { Children, trackWithMappings, untrack } from './lifetime.js';
+import { Children } from './lifetime.js';
 import { Mapping } from './mapping.js';
 import type { GuestRange } from './memslots.js';
 import { Falloc, GuestMemfdFlag, Map as MapFlag, Prot } from './raw/constants.js';
 import type { Handle, RawBackend, RawMapping, RawStat } from './raw/types.js';
 import { checkFallocate } from './rules/gmem.js';
 import { violationError } from './rules/types.js';
-import { hex, toOptions, toU64 } from './u64.js';
+import { checkU64, hex, toOptions, toU64, type U64 } from './u64.js';
 import type { Vm } from './vm.js';
 
 /**
@@ -36,7 +36,7 @@ export class GuestMemfd {
     this.#fd = fd;
     this.size = size;
     this.flags = flags;
-    trackWithMappings(this, raw, fd, this.#rawMappings);
+    vm._adopt(fd, this.#rawMappings); // (released by the VM's finalizer if both are dropped)
   }
 
   get fd(): Handle {
@@ -59,15 +59,15 @@ export class GuestMemfd {
     if (this.#closed) throw kvmError('EBADF', { syscall }, 'guest_memfd is closed');
   }
 
-  #fallocate(mode: number, offset: unknown, length: unknown): [bigint, bigint] {
+  #fallocate(mode: number, offset: unknown, length: unknown): [U64, U64] {
     this.#check('fallocate');
-    const off = toU64(offset, 'offset');
-    const len = toU64(length, 'length');
+    const off = checkU64(offset, 'offset');
+    const len = checkU64(length, 'length');
     try {
       this.#raw.fallocate(this.#fd, mode, off, len);
     } catch (e) {
       // Explain the kernel's refusal with the rule it applied (same code; kernel errno kept).
-      const v = checkFallocate(mode, off, len, { kind: 'gmem', size: this.size }, BigInt(this.#raw.pageSize));
+      const v = checkFallocate(mode, BigInt(off), BigInt(len), { kind: 'gmem', size: this.size }, BigInt(this.#raw.pageSize));
       if (v && (e as { code?: string }).code === v.code) throw violationError(v, { syscall: 'fallocate' });
       throw e;
     }
@@ -87,8 +87,10 @@ export class GuestMemfd {
    */
   punchHole(offset: bigint | number, length: bigint | number): GuestRange[] {
     const [off, len] = this.#fallocate(Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, offset, length);
-    const ranges = this.vm.memslots.guestRanges(this, off, off + len);
-    if (ranges.length) this.vm.emit('invalidate', { guestMemfd: this, offset: off, length: len, ranges });
+    if (!this.vm.memslots._binds(this)) return [];
+    const start = BigInt(off);
+    const ranges = this.vm.memslots.guestRanges(this, start, start + BigInt(len));
+    if (ranges.length) this.vm.emit('invalidate', { guestMemfd: this, offset: start, length: BigInt(len), ranges });
     return ranges;
   }
 
@@ -159,9 +161,8 @@ export class GuestMemfd {
       });
     }
     for (const m of this.#mappings.live()) m.close();
-    untrack(this);
     this.#closed = true;
-    this.vm._forgetGmem(this);
+    this.vm._forgetGmem(this, this.#fd);
     this.#raw.close(this.#fd);
   }
 

@@ -24,15 +24,39 @@ export function track(owner: object, raw: { close(fd: number): void }, fd: numbe
 }
 
 /**
- * Unmaps `mappings` (the live ones at that time) and closes `fd` when `owner` is collected
- * (untrack(owner) cancels it). A gmem's mappings belong to it, so they are collected with it
- * and need no registration of their own: map and unmap stay cheap.
+ * The raw resources of an owner's children: each child's fd, with the mappings to unmap
+ * before it closes. A child is held by its owner (Children below), so it is collected only
+ * with its owner, whose finalizer releases them all: one registration per VM rather than one
+ * per gmem, vCPU and mapping. (In a create+close loop a registration costs ~0.4 us, about a
+ * tenth of the ioctl; a Map entry a tenth of that.)
  */
-export function trackWithMappings(owner: object, raw: { close(fd: number): void; munmap(m: RawMapping): void }, fd: number, mappings: Set<RawMapping>): void {
+export type ChildHandles = Map<number, Set<RawMapping>>;
+
+/**
+ * Closes `fd`, and first every child in `children` (its mappings, then its fd), when `owner`
+ * is collected; untrack(owner) cancels it. Children that close normally leave `children`.
+ */
+export function trackWithChildren(
+  owner: object,
+  raw: { close(fd: number): void; munmap(m: RawMapping): void },
+  fd: number,
+  children: ChildHandles,
+): void {
   registry.register(owner, () => {
-    for (const m of mappings) raw.munmap(m);
+    for (const [child, mappings] of children) {
+      for (const m of mappings) attempt(() => raw.munmap(m));
+      attempt(() => raw.close(child));
+    }
     raw.close(fd);
   }, owner);
+}
+
+function attempt(release: () => void): void {
+  try {
+    release();
+  } catch (e) {
+    log('finalizer: %s', (e as Error).message);
+  }
 }
 
 export function untrack(owner: object): void {

@@ -19,11 +19,10 @@ export class Mapping {
   /** File offset of the first byte. */
   readonly offset: bigint;
   readonly length: bigint;
-  readonly address: bigint;
   #raw: RawBackend;
   #mapping: RawMapping;
   #closed = false;
-  #pins = new Set<Memslot>();
+  #pins: Set<Memslot> | undefined; // made by the first pin: most mappings are never pinned
   #bytes: Uint8Array | undefined;
 
   /** @internal use GuestMemfd.map() */
@@ -31,9 +30,13 @@ export class Mapping {
     this.guestMemfd = gmem;
     this.#raw = raw;
     this.#mapping = mapping;
-    this.address = mapping.address;
     this.offset = offset;
     this.length = length;
+  }
+
+  /** The mapping's address in this process. */
+  get address(): bigint {
+    return this.#mapping.address;
   }
 
   get closed(): boolean {
@@ -73,17 +76,17 @@ export class Mapping {
 
   /** Memslots whose userspace memory this mapping is. */
   get slots(): readonly Memslot[] {
-    return [...this.#pins];
+    return [...(this.#pins ?? [])];
   }
 
   /** @internal a memslot starts/stops using this mapping */
   _pin(slot: Memslot): void {
     this.#check();
-    this.#pins.add(slot);
+    (this.#pins ??= new Set()).add(slot);
   }
   /** @internal */
   _unpin(slot: Memslot): void {
-    this.#pins.delete(slot);
+    this.#pins?.delete(slot);
   }
 
   /**
@@ -92,7 +95,7 @@ export class Mapping {
    */
   close(): void {
     if (this.#closed) return;
-    if (this.#pins.size) {
+    if (this.#pins?.size) {
       const ids = [...this.#pins].map((s) => s.id);
       throw kvmError('EBUSY', { syscall: 'munmap' }, `mapping ${hex(this.address)} is the memory of memslot ${ids.join(', ')}; delete the slot first`, {
         conflict: { slot: ids[0]!, asId: [...this.#pins][0]!.asId },

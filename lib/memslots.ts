@@ -206,6 +206,11 @@ export class MemslotTable {
     return out;
   }
 
+  /** @internal whether any slot is bound to `gmem` (a punch with none has no guest ranges). */
+  _binds(gmem: GuestMemfd): boolean {
+    return this.#byFile.has(gmem);
+  }
+
   /** Slots bound to `gmem`, in file order. */
   boundTo(gmem: GuestMemfd): Memslot[] {
     checkGmem(gmem);

@@ -8,6 +8,15 @@ export type U64 = bigint | number;
  * rounding; a value of another type is a TypeError.
  */
 export function toU64(value: unknown, name: string): bigint {
+  const v = checkU64(value, name);
+  return typeof v === 'bigint' ? v : BigInt(v);
+}
+
+/**
+ * The same check, keeping the value as given: for values passed straight to the backend,
+ * which reads a number without making a BigInt (BigInt(number) is a call into V8's C++).
+ */
+export function checkU64(value: unknown, name: string): U64 {
   if (typeof value === 'bigint') {
     if (value < 0n || value > U64_MAX) throw new RangeError(`${name} does not fit in a u64: ${value}`);
     return value;
@@ -16,7 +25,7 @@ export function toU64(value: unknown, name: string): bigint {
     if (!Number.isSafeInteger(value) || value < 0) {
       throw new RangeError(`${name} must be a non-negative safe integer or a bigint, got ${value}`);
     }
-    return BigInt(value);
+    return value;
   }
   throw new TypeError(`${name} must be a bigint or a number, got ${typeName(value)}`);
 }

@@ -1,6 +1,5 @@
 import { constants as os } from 'node:os';
 import { KvmError, kvmError } from './errors.js';
-import { track, untrack } from './lifetime.js';
 import { Map as MapFlag, Prot } from './raw/constants.js';
 import type { Handle, RawBackend, RawMapping, RawRun } from './raw/types.js';
 import { toOptions, toU64, typeName, type U64 } from './u64.js';
@@ -72,6 +71,8 @@ export class Vcpu {
   #fd: Handle;
   #closed = false;
   #runArea: RawMapping | undefined;
+  /** #runArea while mapped, for the VM's finalizer. */
+  #mappings = new Set<RawMapping>();
   #running: RawRun | undefined;
   /** Kicks the run in flight, recording why. */
   #stop: ((why: 'timeout' | 'canceled') => void) | undefined;
@@ -82,7 +83,7 @@ export class Vcpu {
     this.#raw = raw;
     this.#fd = fd;
     this.id = id;
-    track(this, raw, fd);
+    vm._adopt(fd, this.#mappings); // (released by the VM's finalizer if both are dropped)
   }
 
   get fd(): Handle {
@@ -163,7 +164,11 @@ export class Vcpu {
     }
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new TypeError('signal must be an AbortSignal');
     if (this.#running) throw kvmError('EBUSY', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id} is already running`);
-    const area = (this.#runArea ??= this.#raw.mmap(fd, this.#raw.getVcpuMmapSize(this.vm.kvm.fd), 0, Prot.READ | Prot.WRITE, MapFlag.SHARED));
+    if (!this.#runArea) {
+      this.#runArea = this.#raw.mmap(fd, this.#raw.getVcpuMmapSize(this.vm.kvm.fd), 0, Prot.READ | Prot.WRITE, MapFlag.SHARED);
+      this.#mappings.add(this.#runArea);
+    }
+    const area = this.#runArea;
     const run = new Uint8Array(area.buffer, area.byteOffset ?? 0, 4096);
     run[1] = 0; // immediate_exit: a previous kick must not stop this run
     let why: 'timeout' | 'canceled' | undefined;
@@ -218,6 +223,7 @@ export class Vcpu {
   #release(): void {
     if (this.#runArea) this.#raw.munmap(this.#runArea);
     this.#runArea = undefined;
+    this.#mappings.clear();
     this.#raw.close(this.#fd);
   }
 
@@ -225,9 +231,8 @@ export class Vcpu {
    * 'canceled'); the fd closes when it has returned. */
   close(): void {
     if (this.#closed) return;
-    untrack(this);
     this.#closed = true;
-    this.vm._forgetVcpu(this);
+    this.vm._forgetVcpu(this, this.#fd);
     if (this.#stop) this.#stop('canceled');
     else this.#release();
   }

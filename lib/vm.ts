@@ -3,11 +3,11 @@ import { readCapabilities, type Capabilities } from './capabilities.js';
 import { kvmError } from './errors.js';
 import { GuestMemfd } from './gmem.js';
 import type { Kvm } from './kvm.js';
-import { Children, track, untrack } from './lifetime.js';
+import { Children, trackWithChildren, untrack, type ChildHandles } from './lifetime.js';
 import { MemslotTable, type GuestRange } from './memslots.js';
 import { RangeMap } from './rangemap.js';
 import { GuestMemfdFlag, MemoryAttribute, vmTypeName, type VmTypeName } from './raw/constants.js';
-import type { Handle, RawBackend } from './raw/types.js';
+import type { Handle, RawBackend, RawMapping } from './raw/types.js';
 import { checkCreateGuestMemfd } from './rules/gmem.js';
 import { violationError } from './rules/types.js';
 import { hex, toBool, toInt, toU64, typeName, type U64 } from './u64.js';
@@ -99,6 +99,8 @@ export class Vm extends EventEmitter {
   #closed = false;
   #gmems = new Children<GuestMemfd>();
   #vcpus = new Children<Vcpu>();
+  /** The fds and mappings of #gmems and #vcpus, for the finalizer (which must not reach them). */
+  #handles: ChildHandles = new Map();
   #caps: Capabilities | undefined;
 
   /** @internal use Kvm.createVm() */
@@ -115,7 +117,7 @@ export class Vm extends EventEmitter {
       read: (gpa, length) => this.#read(gpa, length),
       write: (gpa, bytes) => this.#write(gpa, bytes),
     };
-    track(this, raw, fd);
+    trackWithChildren(this, raw, fd, this.#handles);
   }
 
   get fd(): Handle {
@@ -202,11 +204,18 @@ export class Vm extends EventEmitter {
   }
 
   /** @internal */
-  _forgetGmem(g: GuestMemfd): void {
+  _adopt(fd: Handle, mappings: Set<RawMapping>): void {
+    this.#handles.set(fd, mappings);
+  }
+
+  /** @internal */
+  _forgetGmem(g: GuestMemfd, fd: Handle): void {
+    this.#handles.delete(fd);
     this.#gmems.delete(g);
   }
   /** @internal */
-  _forgetVcpu(v: Vcpu): void {
+  _forgetVcpu(v: Vcpu, fd: Handle): void {
+    this.#handles.delete(fd);
     this.#vcpus.delete(v);
   }
 

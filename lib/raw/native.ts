@@ -17,10 +17,10 @@ import type { U64 } from '../u64.js';
 
 type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'run'> & {
   setErrorClass(ctor: typeof KvmError): void;
-  mmap(fd: number, length: bigint | number, offset: bigint | number, prot: number, flags: number): bigint;
-  mappingBuffer(address: bigint, offset?: number, length?: number): ArrayBuffer;
-  munmap(address: bigint): void;
-  run(vcpuFd: number, runArea: bigint): { done: Promise<number>; token: object };
+  mmap(fd: number, length: U64, offset: U64, prot: number, flags: number): number;
+  mappingBuffer(address: U64, offset?: number, length?: number): ArrayBuffer;
+  munmap(address: U64): void;
+  run(vcpuFd: number, runArea: U64): { done: Promise<number>; token: object };
   kick(token: object): void;
 };
 
@@ -30,24 +30,29 @@ type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'run'> & {
 class NativeMapping implements RawMapping {
   #buffer: ArrayBuffer | undefined;
   #unmapped = false;
+  #bigAddress: bigint | undefined;
   constructor(
-    readonly address: bigint,
+    // The addon gives a number (user addresses are below 2^47): no BigInt per mmap unless asked.
+    private readonly addr: number,
     // As the caller gave it (a number or a bigint): no BigInt made per mmap.
     private readonly length: U64,
     private readonly addon: Addon,
   ) {}
+  get address(): bigint {
+    return (this.#bigAddress ??= BigInt(this.addr));
+  }
   get buffer(): ArrayBuffer {
     this.#live();
-    return (this.#buffer ??= this.addon.mappingBuffer(this.address));
+    return (this.#buffer ??= this.addon.mappingBuffer(this.addr));
   }
   view(offset: number, length: number): Uint8Array {
     this.#live();
     if (this.length <= 2 ** 32) return new Uint8Array(this.buffer, offset, length);
-    return new Uint8Array(this.addon.mappingBuffer(this.address, offset, length));
+    return new Uint8Array(this.addon.mappingBuffer(this.addr, offset, length));
   }
   unmap(): void {
     if (this.#unmapped) return;
-    this.addon.munmap(this.address);
+    this.addon.munmap(this.addr);
     this.#unmapped = true;
   }
   #live(): void {
