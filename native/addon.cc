@@ -252,7 +252,7 @@ napi_value Fstat(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// mmap(fd, length, offset, prot, flags): the mapping's address (bigint). mappingBuffer()
+// mmap(fd, length, offset, prot, flags): the mapping's address (a number). mappingBuffer()
 // gives its bytes; munmap(address) unmaps it (like C: the raw layer does not unmap for you;
 // the typed Mapping does, also when collected). The kernel chooses the address: MAP_FIXED
 // and MAP_FIXED_NOREPLACE are refused, since they could replace memory Node is using.
@@ -268,11 +268,15 @@ napi_value Mmap(napi_env env, napi_callback_info info) {
   void* p = sys::Mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Fail(a, "mmap", nullptr);
   a.addon()->registry->mappings.try_emplace(p, Mapping{p, static_cast<size_t>(length), fd, prot, flags});
-  return BigU64(env, reinterpret_cast<uint64_t>(p));
+  // A number: user addresses are below 2^47, exact in a double, and a number costs no heap
+  // allocation (the raw layer makes a bigint only when asked for one).
+  napi_value out;
+  napi_create_double(env, static_cast<double>(reinterpret_cast<uintptr_t>(p)), &out);
+  return out;
 }
 
 Mapping* MappingArg(Args& a) {
-  uint64_t addr = a.Address(0, "address");
+  uint64_t addr = a.Uint64(0, "address");
   if (!a.ok) return nullptr;
   Mapping* m = FindMapping(a.addon()->registry.get(), addr);
   if (!m) a.Fail(false, "address is not a mapping made by mmap() (or it was unmapped)");
@@ -326,7 +330,7 @@ napi_value MappingBuffer(napi_env env, napi_callback_info info) {
 // an address that is no longer mapped is a no-op, so a second munmap is harmless.
 napi_value Munmap(napi_env env, napi_callback_info info) {
   Args a(env, info, 1);
-  uint64_t addr = a.Address(0, "address");
+  uint64_t addr = a.Uint64(0, "address");
   if (!a.ok) return nullptr;
   Registry* reg = a.addon()->registry.get();
   Mapping* m = FindMapping(reg, addr);

@@ -42,13 +42,6 @@ class Args {
   __attribute__((noinline, cold)) void NotOurFd(const char* name);
   uint32_t Uint32(size_t i, const char* name) { return static_cast<uint32_t>(Integer(argv_[i], name, 0, UINT32_MAX)); }
   uint64_t Uint64(size_t i, const char* name) { return Uint64Of(argv_[i], name); }
-  // The same, for values that are usually a bigint (addresses): that is tried first.
-  uint64_t Address(size_t i, const char* name) {
-    uint64_t u;
-    bool lossless;
-    if (ok && napi_get_value_bigint_uint64(env, argv_[i], &u, &lossless) == napi_ok && lossless) return u;
-    return Uint64Of(argv_[i], name);
-  }
 
   // An object argument (nullptr after a failure).
   napi_value Object(size_t i, const char* name) {
