@@ -20,7 +20,7 @@ import { openKvm, raw as rawNs } from '../dist/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const baseline = path.join(here, 'out', 'baseline');
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 11);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 12);
 const SCALE = Number(process.env.BENCH_SCALE ?? 0.25);
 const MiB2 = 2 << 20;
 
@@ -102,18 +102,21 @@ try {
 // Per op, C, raw and typed take turns round by round (raw and typed alternating which goes
 // first), so that a slow spell of the machine, which on this kind of VM can last seconds
 // for memslot updates (RCU grace periods), falls on every side alike.
+//
+// The rounds are spread over BENCH_PROCS fresh Node processes (default 4), as the C rounds
+// each run in a fresh process: the kernel's cost for mmap+munmap depends on where in the
+// address space the mapping lands (measured in C here: 3.6 us next to other mappings, 4.4 us
+// in an empty stretch), which is fixed for the life of a process. A single JS process would
+// draw one placement while C draws one per round.
+const PROCS = Math.max(1, Number(process.env.BENCH_PROCS ?? 4));
 const c = (op, threads) => JSON.parse(execFileSync(baseline, [String(SCALE), String(threads), op], { encoding: 'utf8' }))[op];
-let rawSide;
-let typedSide;
-let typedKvm;
-if (kvmOk) {
-  rawSide = rawLoops(native);
-  typedKvm = openKvm({ backend: 'kvm' });
-  typedSide = typedLoops(typedKvm);
-}
-for (const op of ops) {
-  for (let round = 0; round < ROUNDS; round++) {
-    if (kvmOk) {
+
+function measure(rounds) {
+  const rawSide = rawLoops(native);
+  const typedKvm = openKvm({ backend: 'kvm' });
+  const typedSide = typedLoops(typedKvm);
+  for (const op of ops) {
+    for (let round = 0; round < rounds; round++) {
       keep('c', op, c(op, 1));
       keep('cSingle', op, c(op, 0));
       const sides = [
@@ -124,11 +127,26 @@ for (const op of ops) {
       for (const side of sides) side();
     }
   }
-}
-if (kvmOk) {
   rawSide.done();
   typedSide.done();
   typedKvm.close();
+}
+
+if (process.env.BENCH_OPS_CHILD) {
+  measure(Number(process.env.BENCH_OPS_CHILD));
+  console.log(JSON.stringify(best));
+  process.exit(0);
+}
+if (kvmOk) {
+  const perProc = Math.ceil(ROUNDS / PROCS);
+  for (let p = 0; p < PROCS && p * perProc < ROUNDS; p++) {
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url)], {
+      encoding: 'utf8',
+      env: { ...process.env, BENCH_OPS_CHILD: String(Math.min(perProc, ROUNDS - p * perProc)) },
+    });
+    const child = JSON.parse(out.trim().split('\n').pop());
+    for (const side of ['c', 'cSingle', 'raw', 'typed']) for (const [op, v] of Object.entries(child[side])) keep(side, op, v);
+  }
 }
 for (let round = 0; round < 3; round++) {
   const sim = openKvm({ backend: 'simulated' });
@@ -140,7 +158,7 @@ for (let round = 0; round < 3; round++) {
 
 const results = [];
 const f = (x) => (x === undefined ? '-' : x >= 1000 ? `${(x / 1000).toFixed(2)} us` : `${x.toFixed(0)} ns`);
-console.log(`ops (best of ${ROUNDS} rounds per op, C/raw/typed interleaved; C with an idle 2nd thread, single-threaded C in brackets)`);
+console.log(`ops (best of ${ROUNDS} rounds per op in ${PROCS} processes, C/raw/typed interleaved; C with an idle 2nd thread, single-threaded C in brackets)`);
 console.log(`${'op'.padEnd(24)}${'C'.padStart(20)}${'raw JS'.padStart(11)}${'ratio'.padStart(7)}${'typed'.padStart(11)}${'ratio'.padStart(7)}${'simulated'.padStart(11)}`);
 for (const op of ops) {
   const c = best.c[op];
