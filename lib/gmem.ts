@@ -89,8 +89,9 @@ export class GuestMemfd {
     const [off, len] = this.#fallocate(Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, offset, length);
     if (!this.vm.memslots._binds(this)) return [];
     const start = BigInt(off);
-    const ranges = this.vm.memslots.guestRanges(this, start, start + BigInt(len));
-    if (ranges.length) this.vm.emit('invalidate', { guestMemfd: this, offset: start, length: BigInt(len), ranges });
+    const bytes = BigInt(len);
+    const ranges = this.vm.memslots.guestRanges(this, start, start + bytes);
+    if (ranges.length) this.vm.emit('invalidate', { guestMemfd: this, offset: start, length: bytes, ranges });
     return ranges;
   }
 

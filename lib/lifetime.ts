@@ -5,13 +5,16 @@
 import { log } from './debug.js';
 import type { RawMapping } from './raw/types.js';
 
-const registry = new FinalizationRegistry<() => void>((release) => {
+/** Runs one release; a failure is logged (NODE_DEBUG=kvm-gmem), never thrown from a finalizer. */
+function attempt(release: () => void): void {
   try {
     release();
   } catch (e) {
     log('finalizer: %s', (e as Error).message);
   }
-});
+}
+
+const registry = new FinalizationRegistry<() => void>(attempt);
 
 /**
  * Closes `fd` when `owner` is collected; `untrack(owner)` cancels it. The closure is made
@@ -49,14 +52,6 @@ export function trackWithChildren(
     }
     raw.close(fd);
   }, owner);
-}
-
-function attempt(release: () => void): void {
-  try {
-    release();
-  } catch (e) {
-    log('finalizer: %s', (e as Error).message);
-  }
 }
 
 export function untrack(owner: object): void {

@@ -59,7 +59,7 @@ napi_value IoctlInt(napi_env env, napi_callback_info info, unsigned long request
   int fd = a.Fd(0, "fd");
   int32_t arg = withArg ? a.Int32(1, "arg") : 0;
   if (!a.ok) return nullptr;
-  int r = sys::Ioctl(fd, request, static_cast<unsigned long>(static_cast<long>(arg)));
+  int r = sys::Ioctl(fd, request, static_cast<unsigned long>(arg));  // (sign-extended, as libc passes an int)
   return r < 0 ? Fail(a, "ioctl", name) : Int(env, r);
 }
 
