@@ -1,5 +1,7 @@
 import { readCapabilities, type Capabilities } from './capabilities.js';
-import { SimBackend, defaultProfile, profileFromCapabilities, type SimProfile } from './raw/sim/index.js';
+import { SimBackend, defaultProfile, measureProfile, type SimProfile } from './raw/sim/index.js';
+import { loadProfile, type ProfileSource } from './profiles.js';
+import { release } from 'node:os';
 import { traced } from './debug.js';
 import { KvmError, kvmError } from './errors.js';
 import { track, untrack } from './lifetime.js';
@@ -25,10 +27,13 @@ export interface OpenKvmOptions {
   /** A RawBackend to use instead of the built-in ones (tests, instrumentation). */
   raw?: RawBackend;
   /**
-   * The simulated host: a SimProfile, or the capabilities() of a real host so that the
-   * simulator answers as that host would. Default: 6.18 with KVM_X86_SW_PROTECTED_VM.
+   * The simulated host, so that the simulator answers as that kernel would: a SimProfile (a
+   * real host's kvm.profile()), its JSON (`kvm-gmem caps --json` output), the path of such a
+   * JSON file, or the name of a profile the package ships (profiles/*.json:
+   * 'debian-7.2', 'sw-protected-7.2', 'pvm-6.18', ...). Default: $KVM_GMEM_PROFILE, else a
+   * 6.18+ host with KVM_X86_SW_PROTECTED_VM.
    */
-  profile?: SimProfile | Capabilities;
+  profile?: ProfileSource;
 }
 
 export interface VmOptions {
@@ -101,6 +106,17 @@ export class Kvm {
     }
   }
 
+  /**
+   * What a simulator needs to answer as this host: capabilities on /dev/kvm and on a VM of
+   * each type, and the answers capabilities do not give (measured by trying them on a
+   * throwaway VM). On the simulated backend, the profile it runs.
+   */
+  profile(): SimProfile {
+    const fd = this.fd;
+    if (this.raw instanceof SimBackend) return this.raw.profile;
+    return measureProfile(this.raw, fd, `linux ${release()}`, release());
+  }
+
   /** KVM_CREATE_VM. */
   createVm(options?: VmOptions): Vm {
     const opts = toOptions(options, 'VM options');
@@ -130,12 +146,15 @@ export function resolveVmType(type: unknown): number {
 }
 
 /** How to get access when /dev/kvm is refused. */
-function accessHint(e: KvmError, path: string): KvmError {
-  if (e.code !== 'EACCES' && e.code !== 'EPERM') return e;
-  return new KvmError(
-    `${e.message}: ${path} is not accessible to this user; add the user to the group that owns it (usually 'kvm': sudo usermod -aG kvm $USER, then log in again) or adjust its permissions`,
-    { errno: e.errno, code: e.code, syscall: e.syscall, cause: e },
-  );
+/** The device's open error, naming the device and what to do. */
+function deviceError(e: KvmError, path: string): KvmError {
+  const why =
+    e.code === 'EACCES' || e.code === 'EPERM'
+      ? `${path} is not accessible to this user; add the user to the group that owns it (usually 'kvm': sudo usermod -aG kvm $USER, then log in again) or adjust its permissions`
+      : e.code === 'ENOENT' || e.code === 'ENXIO' || e.code === 'ENODEV'
+        ? `${path} does not exist: this host has no KVM. The simulator (backend 'simulated', or 'auto') runs the same API, and 'kvm-gmem lab run' runs commands inside a real kernel under QEMU`
+        : `cannot open ${path}`;
+  return new KvmError(`${e.message}: ${why}`, { errno: e.errno, code: e.code, syscall: e.syscall, cause: e });
 }
 
 /**
@@ -153,9 +172,8 @@ export function openKvm(opts?: OpenKvmOptions): Kvm {
 
   if (options.raw) return new Kvm(options.raw, options.raw.open(path), path, precheck);
   const simulated = (reason?: string) => {
-    const p = options.profile;
-    const profile = p === undefined ? defaultProfile : 'scope' in p ? profileFromCapabilities(p) : p;
-    const sim = traced(new SimBackend(profile));
+    const source = options.profile ?? (process.env.KVM_GMEM_PROFILE || undefined);
+    const sim = traced(new SimBackend(source === undefined ? defaultProfile : loadProfile(source)));
     return new Kvm(sim, sim.open(path), path, precheck, reason);
   };
   if (requested === 'simulated') return simulated();
@@ -170,7 +188,7 @@ export function openKvm(opts?: OpenKvmOptions): Kvm {
     return new Kvm(raw, raw.open(path), path, precheck);
   } catch (e) {
     if (!(e instanceof KvmError)) throw e;
-    if (requested === 'kvm') throw accessHint(e, path);
+    if (requested === 'kvm') throw deviceError(e, path);
     return simulated(`${e.code}: ${path}`);
   }
 }

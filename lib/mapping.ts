@@ -53,8 +53,9 @@ export class Mapping {
     if (this.length > BigInt(MAX_VIEW)) {
       throw new RangeError(`mapping is ${this.length} bytes, more than a typed array holds (${MAX_VIEW}); use view(offset, length)`);
     }
-    // (The simulator may move a mapping's buffer when another mapping of the file comes or goes.)
-    if (this.#bytes?.buffer !== this.#mapping.buffer || this.#bytes.byteLength === 0) this.#bytes = this.#window(0, Number(this.length));
+    // (Without the addon, the simulator moves a mapping's buffer when another mapping of the
+    // file comes or goes, which detaches the views taken before: take one again then.)
+    if (this.#bytes === undefined || (this.#bytes.byteLength === 0 && this.length > 0n)) this.#bytes = this.#window(0, Number(this.length));
     return this.#bytes;
   }
 

@@ -169,7 +169,7 @@ export class Vcpu {
       this.#mappings.add(this.#runArea);
     }
     const area = this.#runArea;
-    const run = new Uint8Array(area.buffer, area.byteOffset ?? 0, 4096);
+    const run = area.view(0, 4096);
     run[1] = 0; // immediate_exit: a previous kick must not stop this run
     let why: 'timeout' | 'canceled' | undefined;
     const r = this.#raw.run(fd, area);

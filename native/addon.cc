@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <string>
@@ -236,6 +237,29 @@ napi_value Fallocate(napi_env env, napi_callback_info info) {
   return sys::Fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0 ? Fail(a, "fallocate", nullptr) : Undefined(env);
 }
 
+// memfdCreate(name): a memfd (MFD_CLOEXEC), shared memory that is not gmem: the host half of
+// a private VM's memory, and the simulator's store for the contents of its gmem files.
+napi_value MemfdCreate(napi_env env, napi_callback_info info) {
+  Args a(env, info, 1);
+  size_t len;
+  char name[64];
+  if (napi_get_value_string_utf8(env, a.arg(0), name, sizeof name, &len) != napi_ok) {
+    a.Fail(true, "name must be a string");
+    return nullptr;
+  }
+  int fd = static_cast<int>(syscall(SYS_memfd_create, name, MFD_CLOEXEC));
+  return fd < 0 ? Fail(a, "memfd_create", nullptr) : a.addon()->NewFd(env, fd);
+}
+
+// ftruncate(fd, length): sets a memfd's size (sparse: no page is allocated).
+napi_value Ftruncate(napi_env env, napi_callback_info info) {
+  Args a(env, info, 2);
+  int fd = a.Fd(0, "fd");
+  uint64_t length = a.Uint64(1, "length");
+  if (!a.ok) return nullptr;
+  return ::ftruncate(fd, static_cast<off_t>(length)) < 0 ? Fail(a, "ftruncate", nullptr) : Undefined(env);
+}
+
 // fstat(fd): { size, mode, blksize, blocks, ino } (size/blocks/ino as bigint).
 napi_value Fstat(napi_env env, napi_callback_info info) {
   Args a(env, info);
@@ -258,11 +282,13 @@ napi_value Fstat(napi_env env, napi_callback_info info) {
 // and MAP_FIXED_NOREPLACE are refused, since they could replace memory Node is using.
 napi_value Mmap(napi_env env, napi_callback_info info) {
   Args a(env, info, 5);
-  int fd = a.Fd(0, "fd");
+  int32_t flags = a.Int32(4, "flags");
+  // fd -1 with MAP_ANONYMOUS: anonymous memory (no file).
+  bool anonymous = a.ok && (flags & MAP_ANONYMOUS) && a.Int32(0, "fd") == -1;
+  int fd = anonymous ? -1 : a.Fd(0, "fd");
   uint64_t length = a.Uint64(1, "length");
   uint64_t offset = a.Uint64(2, "offset");
   int32_t prot = a.Int32(3, "prot");
-  int32_t flags = a.Int32(4, "flags");
   if (a.ok && (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))) a.Fail(false, "mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported");
   if (!a.ok) return nullptr;
   void* p = sys::Mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
@@ -324,6 +350,24 @@ napi_value MappingBuffer(napi_env env, napi_callback_info info) {
     m->windows.push_back(ref);
   }
   return buffer;
+}
+
+// madvise(address, offset, length, advice) within a mapping made by mmap(): MADV_DONTNEED,
+// MADV_REMOVE (frees the pages of shared memory: they read as zeros after), MADV_FREE,
+// MADV_WILLNEED, MADV_NORMAL. No other advice: some (MADV_DONTFORK, MADV_HWPOISON...) change
+// the process in ways JavaScript should not reach.
+napi_value Madvise(napi_env env, napi_callback_info info) {
+  Args a(env, info, 4);
+  Mapping* m = MappingArg(a);
+  uint64_t offset = a.Uint64(1, "offset");
+  uint64_t length = a.Uint64(2, "length");
+  int32_t advice = a.Int32(3, "advice");
+  if (!m || !a.ok) return nullptr;
+  if (offset > m->length || length > m->length - offset) a.Fail(false, "range is outside the mapping");
+  if (a.ok && advice != MADV_DONTNEED && advice != MADV_REMOVE && advice != MADV_FREE && advice != MADV_WILLNEED && advice != MADV_NORMAL)
+    a.Fail(false, "advice must be MADV_NORMAL, MADV_WILLNEED, MADV_DONTNEED, MADV_FREE or MADV_REMOVE");
+  if (!a.ok) return nullptr;
+  return ::madvise(static_cast<uint8_t*>(m->addr) + offset, length, advice) < 0 ? Fail(a, "madvise", nullptr) : Undefined(env);
 }
 
 // munmap(address): detaches the mapping's buffer (every view over it) and unmaps. Unmapping
@@ -391,6 +435,9 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
       {"preFaultMemory", PreFaultMemory},
       {"fallocate", Fallocate},
       {"fstat", Fstat},
+      {"memfdCreate", MemfdCreate},
+      {"ftruncate", Ftruncate},
+      {"madvise", Madvise},
       {"mmap", Mmap},
       {"munmap", Munmap},
       {"mappingBuffer", MappingBuffer},

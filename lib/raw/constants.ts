@@ -7,8 +7,10 @@
 export const Cap = {
   USER_MEMORY: 3,
   NR_MEMSLOTS: 10,
+  MAX_VCPUS: 66,
   READONLY_MEM: 81,
   MULTI_ADDRESS_SPACE: 118,
+  MAX_VCPU_ID: 128,
   USER_MEMORY2: 231,
   MEMORY_FAULT_INFO: 232,
   MEMORY_ATTRIBUTES: 233,
@@ -64,7 +66,10 @@ export const Falloc = {
 
 /** mmap(2) protections and flags. */
 export const Prot = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
-export const Map = { SHARED: 0x01, PRIVATE: 0x02, SHARED_VALIDATE: 0x03, FIXED: 0x10 } as const;
+export const Map = { SHARED: 0x01, PRIVATE: 0x02, SHARED_VALIDATE: 0x03, FIXED: 0x10, ANONYMOUS: 0x20 } as const;
+
+/** madvise(2) advice. */
+export const Madv = { NORMAL: 0, WILLNEED: 3, DONTNEED: 4, FREE: 8, REMOVE: 9 } as const;
 
 /** KVM_USER_MEM_SLOTS = SHRT_MAX - KVM_INTERNAL_MEM_SLOTS (3) on x86. */
 export const KVM_USER_MEM_SLOTS = 32764;

@@ -10,16 +10,18 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { markAsUntransferable } from 'node:worker_threads';
 import { KvmError } from '../errors.js';
 import { traced } from '../debug.js';
 import type { RawBackend, RawMapping } from './types.js';
 import type { U64 } from '../u64.js';
 
-type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'run'> & {
+type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'madvise' | 'run'> & {
   setErrorClass(ctor: typeof KvmError): void;
   mmap(fd: number, length: U64, offset: U64, prot: number, flags: number): number;
   mappingBuffer(address: U64, offset?: number, length?: number): ArrayBuffer;
   munmap(address: U64): void;
+  madvise(address: U64, offset: U64, length: U64, advice: number): void;
   run(vcpuFd: number, runArea: U64): { done: Promise<number>; token: object };
   kick(token: object): void;
 };
@@ -33,7 +35,7 @@ class NativeMapping implements RawMapping {
   #bigAddress: bigint | undefined;
   constructor(
     // The addon gives a number (user addresses are below 2^47): no BigInt per mmap unless asked.
-    private readonly addr: number,
+    readonly addr: number,
     // As the caller gave it (a number or a bigint): no BigInt made per mmap.
     private readonly length: U64,
     private readonly addon: Addon,
@@ -41,14 +43,15 @@ class NativeMapping implements RawMapping {
   get address(): bigint {
     return (this.#bigAddress ??= BigInt(this.addr));
   }
-  get buffer(): ArrayBuffer {
-    this.#live();
-    return (this.#buffer ??= this.addon.mappingBuffer(this.addr));
-  }
   view(offset: number, length: number): Uint8Array {
     this.#live();
-    if (this.length <= 2 ** 32) return new Uint8Array(this.buffer, offset, length);
-    return new Uint8Array(this.addon.mappingBuffer(this.addr, offset, length));
+    if (this.length <= 2 ** 32) {
+      if (!this.#buffer) markAsUntransferable((this.#buffer = this.addon.mappingBuffer(this.addr)));
+      return new Uint8Array(this.#buffer, offset, length);
+    }
+    const window = this.addon.mappingBuffer(this.addr, offset, length);
+    markAsUntransferable(window);
+    return new Uint8Array(window);
   }
   unmap(): void {
     if (this.#unmapped) return;
@@ -59,6 +62,11 @@ class NativeMapping implements RawMapping {
     if (this.#unmapped) throw new KvmError('munmap: this mapping is unmapped (EBADF)', { code: 'EBADF', syscall: 'munmap' });
   }
 }
+
+const nativeMapping = (m: RawMapping): NativeMapping => {
+  if (!(m instanceof NativeMapping)) throw new TypeError('expected a mapping returned by mmap()');
+  return m;
+};
 
 const require = createRequire(import.meta.url);
 /** Package root: this file is lib/raw/native.ts in the sources and dist/raw/native.js built. */
@@ -128,10 +136,10 @@ export function nativeBackend(): RawBackend {
     fallocate: a.fallocate,
     fstat: a.fstat,
     mmap: (fd, length, offset, prot, flags) => new NativeMapping(a.mmap(fd, length, offset, prot, flags), length, a),
-    munmap: (m) => {
-      if (!(m instanceof NativeMapping)) throw new TypeError('expected a mapping returned by mmap()');
-      m.unmap();
-    },
+    munmap: (m) => nativeMapping(m).unmap(),
+    madvise: (m, offset, length, advice) => a.madvise(nativeMapping(m).addr, offset, length, advice),
+    memfdCreate: a.memfdCreate,
+    ftruncate: a.ftruncate,
     getRegs: a.getRegs,
     setRegs: a.setRegs,
     getSregs: a.getSregs,

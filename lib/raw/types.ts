@@ -52,19 +52,16 @@ export interface RawStat {
 }
 
 /**
- * What mmap returns: the mapping's address, and its bytes as `buffer` from `byteOffset` (0
- * when absent). Native: an external ArrayBuffer over the mapping itself, made on first read
- * of `buffer`, detached by munmap. Simulated: a buffer that mappings of the same file range
- * share (so they alias), which may be replaced when another mapping comes or goes: read
- * `buffer` again rather than keep it. As in C, the raw layer does not unmap a mapping that
- * is dropped (the typed Mapping does); the environment's end unmaps what is left.
+ * What mmap returns: the mapping's address, and zero-copy views of its bytes. Native: views
+ * over the mapping itself (an external ArrayBuffer made on first use), detached by munmap.
+ * Simulated: views of memory that mappings of the same file range share, so they alias. A
+ * view cannot be transferred (postMessage, structuredClone) away from its mapping. As in C,
+ * the raw layer does not unmap a mapping that is dropped (the typed Mapping does); the
+ * environment's end unmaps what is left.
  */
 export interface RawMapping {
-  /** The whole mapping's bytes (mappings up to 4 GiB, the most one buffer holds). */
-  readonly buffer: ArrayBuffer;
   readonly address: bigint;
-  readonly byteOffset?: number;
-  /** A zero-copy view of [offset, offset + length) (length <= 4 GiB), for mappings of any size. */
+  /** A view of [offset, offset + length) (length <= 4 GiB); EBADF once unmapped. */
   view(offset: number, length: number): Uint8Array;
 }
 
@@ -107,10 +104,17 @@ export interface RawBackend {
   /** fallocate(fd, mode, offset, length) */
   fallocate(fd: Handle, mode: number, offset: U64, length: U64): void;
   fstat(fd: Handle): RawStat;
-  /** mmap(NULL, length, prot, flags, fd, offset); MAP_FIXED is refused */
+  /** mmap(NULL, length, prot, flags, fd, offset); fd -1 with MAP_ANONYMOUS for anonymous
+   * memory; MAP_FIXED is refused */
   mmap(fd: Handle, length: U64, offset: U64, prot: number, flags: number): RawMapping;
   /** munmap of what mmap() returned: detaches every view over it. Idempotent. */
   munmap(mapping: RawMapping): void;
+  /** madvise(address + offset, length, advice) within a mapping (MADV_DONTNEED, MADV_REMOVE, ...) */
+  madvise(mapping: RawMapping, offset: U64, length: U64, advice: number): void;
+  /** memfd_create(name, MFD_CLOEXEC): shared memory that is not gmem (size 0 until ftruncate) */
+  memfdCreate(name: string): Handle;
+  /** ftruncate(fd, length) */
+  ftruncate(fd: Handle, length: U64): void;
   /** KVM_GET_REGS: struct kvm_regs (144 bytes). */
   getRegs(vcpuFd: Handle): Uint8Array;
   /** KVM_SET_REGS */
@@ -127,6 +131,6 @@ export interface RawBackend {
 export const rawFunctionNames = [
   'open', 'close', 'getApiVersion', 'checkExtension', 'createVm', 'getVcpuMmapSize',
   'createVcpu', 'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2',
-  'setMemoryAttributes', 'preFaultMemory', 'fallocate', 'fstat', 'mmap', 'munmap',
+  'setMemoryAttributes', 'preFaultMemory', 'fallocate', 'fstat', 'mmap', 'munmap', 'madvise', 'memfdCreate', 'ftruncate',
   'getRegs', 'setRegs', 'getSregs', 'setSregs', 'run',
 ] as const satisfies readonly (keyof RawBackend)[];

@@ -20,9 +20,9 @@ export function checkCreateGuestMemfd(size: bigint, flags: bigint, supportedFlag
   return undefined;
 }
 
-/** The file fallocate acts on: a guest_memfd of `size` bytes, or a file that is not regular
- * (/dev/kvm, a VM or vCPU fd: anon inodes and devices). */
-export type FallocateTarget = { kind: 'gmem'; size: bigint } | { kind: 'not-regular' };
+/** The file fallocate acts on: a guest_memfd or a memfd (shmem) of `size` bytes, or a file
+ * that is not regular (/dev/kvm, a VM or vCPU fd: anon inodes and devices). */
+export type FallocateTarget = { kind: 'gmem' | 'shmem'; size: bigint } | { kind: 'not-regular' };
 
 const FALLOC_SUPPORTED = Falloc.KEEP_SIZE | Falloc.PUNCH_HOLE | Falloc.COLLAPSE_RANGE | Falloc.ZERO_RANGE | Falloc.INSERT_RANGE | Falloc.UNSHARE_RANGE | Falloc.WRITE_ZEROES;
 
@@ -40,8 +40,13 @@ export function checkFallocate(mode: number, offset: bigint, length: bigint, fil
   if ((op === Falloc.COLLAPSE_RANGE || op === Falloc.INSERT_RANGE || op === Falloc.WRITE_ZEROES) && keep) {
     return { rule: 'fallocate.mode', code: 'EOPNOTSUPP', message: `mode ${hex(mode)} cannot keep the size` };
   }
-  if (file.kind !== 'gmem') return { rule: 'fallocate.not-regular', code: 'ENODEV', message: 'fallocate needs a regular file' };
+  if (file.kind === 'not-regular') return { rule: 'fallocate.not-regular', code: 'ENODEV', message: 'fallocate needs a regular file' };
   if (off + len > LOFF_MAX) return { rule: 'fallocate.efbig', code: 'EFBIG', message: `offset + length exceeds the maximum file size` };
+  if (file.kind === 'shmem') {
+    // shmem_fallocate: allocate and punch-hole only.
+    if (op !== 0 && op !== Falloc.PUNCH_HOLE) return { rule: 'fallocate.shmem-mode', code: 'EOPNOTSUPP', message: `shared memory supports only allocate and punch-hole (mode ${hex(mode)})` };
+    return undefined;
+  }
   // kvm_gmem_fallocate
   if (!keep) return { rule: 'fallocate.keep-size', code: 'EOPNOTSUPP', message: 'guest_memfd cannot change size: FALLOC_FL_KEEP_SIZE is required' };
   if (op !== 0 && op !== Falloc.PUNCH_HOLE) {
@@ -59,7 +64,7 @@ export function checkFallocate(mode: number, offset: bigint, length: bigint, fil
 /** What an mmap targets: a guest_memfd (with its creation flags), a vCPU (its kvm_run
  * area), or a file without an mmap operation (/dev/kvm on devtmpfs; a VM, an anon inode on
  * a noexec mount). gmem and vCPU fds are anon inodes too: noexec. */
-export type MmapTarget = { kind: 'gmem'; flags: bigint } | { kind: 'vcpu' } | { kind: 'no-mmap'; noexec: boolean };
+export type MmapTarget = { kind: 'gmem'; flags: bigint } | { kind: 'vcpu' } | { kind: 'shmem' } | { kind: 'anonymous' } | { kind: 'no-mmap'; noexec: boolean };
 
 const MAP_TYPE = 0x0f;
 const MAP_HUGETLB = 0x40000;
@@ -85,7 +90,9 @@ export function checkMmapCall(length: bigint, offset: bigint, prot: number, flag
   const type = flags & MAP_TYPE;
   if (type !== MapFlag.SHARED && type !== MapFlag.PRIVATE && type !== MapFlag.SHARED_VALIDATE) return fail('type', 'EINVAL', `map type ${hex(type)} is not MAP_SHARED or MAP_PRIVATE`);
   if (type === MapFlag.SHARED_VALIDATE && flags & ~LEGACY_MAP_MASK) return fail('validate', 'EOPNOTSUPP', `flags ${hex(flags & ~LEGACY_MAP_MASK)} are not supported by this file`);
-  if (prot & 4 && (target.kind !== 'no-mmap' || target.noexec)) return fail('exec', 'EPERM', 'the file is on a noexec mount: no PROT_EXEC');
+  if (prot & 4 && (target.kind === 'gmem' || target.kind === 'vcpu' || (target.kind === 'no-mmap' && target.noexec))) {
+    return fail('exec', 'EPERM', 'the file is on a noexec mount: no PROT_EXEC');
+  }
   if (target.kind === 'no-mmap') return fail('no-mmap', 'ENODEV', 'this file cannot be mapped');
   if (target.kind === 'gmem') return checkMmap(target.flags, flags);
   return undefined;

@@ -329,12 +329,15 @@ cases.push({
 cases.push({
   name: 'test_pre_fault_memory',
   source: 'pre_fault_memory_test.c',
-  requires: ['guest_memfd', 'pre_fault_memory'],
+  // A default VM's shared pages come from the slot's host memory: here the gmem's own mapping
+  // (MMAP + INIT_SHARED), the guest_memfd counterpart of the kernel test's anonymous memory.
+  // (Without host memory the kernel cannot fault them in: EFAULT.)
+  requires: ['guest_memfd', 'mmap', 'init_shared', 'pre_fault_memory'],
   run: ({ kvm }) => {
     const p = page(kvm);
     using vm = kvm.createVm();
     const base = 1n << 32n;
-    using g = vm.createGuestMemfd({ size: 2n * MiB + p });
+    using g = vm.createGuestMemfd({ size: 2n * MiB + p, mmap: true, initShared: true });
     using s = vm.memslots.add({ guestPhysAddr: base, size: 2n * MiB + p, guestMemfd: g });
     using cpu = vm.createVcpu(0);
     equal(cpu.preFaultMemory(base, 2n * MiB).size, 0n, 'left of (0, 2M)');
@@ -353,10 +356,16 @@ export interface SelftestResult {
 }
 
 /** Runs the cases on `kvm`, reporting each as it finishes. */
-export async function runSelftests(kvm: Kvm, onResult: (r: SelftestResult, index: number) => void = () => {}, filter?: (c: SelftestCase) => boolean): Promise<SelftestResult[]> {
+export async function runSelftests(
+  kvm: Kvm,
+  onResult: (r: SelftestResult, index: number) => void = () => {},
+  filter?: (c: SelftestCase) => boolean,
+  onStart?: (c: SelftestCase, index: number) => void,
+): Promise<SelftestResult[]> {
   const caps = kvm.capabilities();
   const out: SelftestResult[] = [];
   for (const c of cases.filter(filter ?? (() => true))) {
+    onStart?.(c, out.length + 1);
     const skip = skipReason(c, kvm, caps);
     let r: SelftestResult;
     if (skip) r = { name: c.name, status: 'skip', reason: skip };

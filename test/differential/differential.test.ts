@@ -11,7 +11,7 @@
 import { expect, test } from 'vitest';
 import { openKvm } from '../../lib/kvm.js';
 import { nativeBackend } from '../../lib/raw/native.js';
-import { SimBackend, profileFromCapabilities } from '../../lib/raw/sim/index.js';
+import { SimBackend } from '../../lib/raw/sim/index.js';
 import { fdCount, kvmUnavailable, mapCount } from '../helpers.js';
 import { formatDivergence, formatRecord, minimize, runSequence, type Divergence, type SequenceResult } from './engine.js';
 
@@ -36,9 +36,8 @@ test.skipIf(kvmUnavailable)(
   { timeout: 600_000 },
   () => {
     const kvm = openKvm({ backend: 'kvm' });
-    const caps = kvm.capabilities();
+    const profile = kvm.profile();
     kvm.close();
-    const profile = profileFromCapabilities(caps);
     const native = nativeBackend();
     const sim = () => new SimBackend(profile);
 

@@ -533,8 +533,7 @@ function accessible(s: MapState, forWrite: boolean): number {
 }
 
 function view(s: MapState, n: number): Uint8Array {
-  const m = s.m;
-  return new Uint8Array(m.buffer, m.byteOffset ?? 0, n);
+  return s.m.view(0, n);
 }
 
 function bytesOf(seed: number, n: number): Uint8Array {
@@ -595,7 +594,7 @@ function execOp(c: Ctx, op: Op): string {
         c.maps.set(op.id, s);
         // Take the buffer now, while the address is surely this mapping's (a native buffer is
         // made on first use, from the address).
-        if (accessible(s, false) > 0) void s.m.buffer;
+        if (accessible(s, false) > 0) s.m.view(0, accessible(s, false));
         return 'ok';
       }
       case 'munmap': {

@@ -1,6 +1,7 @@
 /** Backend selection: 'auto' falls back to the simulator with the reason; env and options. */
 import { expect, test } from 'vitest';
 import { openKvm, KvmError } from '../../lib/index.js';
+import { profileToJSON } from '../../lib/raw/sim/index.js';
 import { kvmUnavailable } from '../helpers.js';
 
 test("'auto' with a device path that does not exist falls back to the simulator, naming ENOENT", () => {
@@ -28,14 +29,19 @@ test.skipIf(kvmUnavailable)("'auto' on a host with /dev/kvm picks the kernel, wi
   expect(kvm.fallbackReason).toBeUndefined();
 });
 
-test('the simulated handles are far above real fds; the profile can be a real host\'s capabilities', () => {
+test('the simulated handles are far above real fds; a profile makes the simulator answer as that kernel', () => {
   using sim = openKvm({ backend: 'simulated' });
   expect(sim.fd).toBeGreaterThanOrEqual(1_000_000_000);
-  const caps = sim.capabilities();
-  expect(caps.vmTypes).toEqual(['default', 'sw-protected']);
-  // A profile from a host with only the default VM type and no memory attributes:
-  using host = openKvm({ backend: 'simulated', profile: { ...caps, vmTypes: ['default'], vmTypesMask: 1, systemMemoryAttributes: 0n, memoryAttributes: 0n, preFaultMemory: false } });
+  expect(sim.capabilities().vmTypes).toEqual(['default', 'sw-protected']);
+  // The 6.18 PVM host: only the default VM type, no KVM_SET_MEMORY_ATTRIBUTES, no pre-fault.
+  using host = openKvm({ backend: 'simulated', profile: 'pvm-6.18' });
+  expect(host.profile().release).toBe('6.18.44-fc-v669');
   using vm = host.createVm();
   expect(() => host.createVm({ type: 'sw-protected' })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
   expect(() => vm.setPrivate(0n, 4096n)).toThrow(expect.objectContaining({ code: 'ENOTTY' }));
+  // The same profile as JSON data (kvm-gmem caps --json output) and as a file path.
+  using again = openKvm({ backend: 'simulated', profile: JSON.parse(JSON.stringify({ profile: profileToJSON(host.profile()) })) });
+  expect(again.profile()).toEqual(host.profile());
+  expect(() => openKvm({ backend: 'simulated', profile: 'no-such-profile' })).toThrow(RangeError);
+  expect(() => openKvm({ backend: 'simulated', profile: { caps: {} } })).toThrow(/not a kvm-gmem profile/);
 });

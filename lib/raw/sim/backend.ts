@@ -1,7 +1,8 @@
 /**
- * The simulated backend: a model of a Linux 6.18 x86-64 KVM host in TypeScript, answering
- * every RawBackend call as the kernel would (same errno for the same input), with state
- * sparse in memory. Validation is the shared rule table (lib/rules/), the same rules the
+ * The simulated backend: a model of a Linux 6.18+ x86-64 KVM host in TypeScript, answering
+ * every RawBackend call as the kernel would (same errno for the same input), as the kernel of
+ * its profile would where kernels differ, with state sparse in memory (see memory.ts for
+ * where file contents live). Validation is the shared rule table (lib/rules/), the same rules the
  * typed layer runs before its calls; this file holds only the state and its changes.
  *
  * Handles are numbers from 1,000,000,000 up, far above real fds, so a mix-up is evident.
@@ -11,25 +12,28 @@ import { kvmError, type ErrnoCode } from '../../errors.js';
 import { IntervalIndex } from '../../interval.js';
 import { RangeMap } from '../../rangemap.js';
 import { checkMemslot, isViolation, type GmemLookup, type MemslotContext, type RegionInput, type SlotView } from '../../rules/memslot.js';
-import { checkCreateGuestMemfd, checkFallocate, checkMmapCall } from '../../rules/gmem.js';
+import { checkCreateGuestMemfd, checkFallocate, checkMmapCall, type FallocateTarget, type MmapTarget } from '../../rules/gmem.js';
 import { checkPreFault, checkSetMemoryAttributes } from '../../rules/attributes.js';
 import { violationError, type Violation } from '../../rules/types.js';
 import { toInt, toU64, typeName } from '../../u64.js';
-import { Cap, Falloc, GuestMemfdFlag, KVM_API_VERSION, KVM_USER_MEM_SLOTS, Map as MapFlag, MemoryAttribute } from '../constants.js';
+import { encodeSregs, RESET_SREGS, resetRegs, REGS_SIZE, SREGS_SIZE } from '../structs.js';
+import { Cap, Falloc, GuestMemfdFlag, KVM_API_VERSION, Madv, Map as MapFlag, MemFlag, MemoryAttribute } from '../constants.js';
 import type { Handle, RawBackend, RawMapping, RawMemoryAttributes, RawPreFault, RawRegion, RawRegion2, RawStat } from '../types.js';
-import { FileMemory, SimMapping } from './memory.js';
-import { defaultProfile, PRIVATE_MEM_TYPES, PROTECTED_STATE_TYPES, type SimProfile } from './profile.js';
+import { nativeBackend } from '../native.js';
+import { AddressSpace, BufferStore, MemfdStore, type FileStore, type MemfdOps, type SimMapping } from './memory.js';
+import { capOf, defaultProfile, PRIVATE_MEM_TYPES, type SimProfile } from './profile.js';
 
 export const SIM_HANDLE_BASE = 1_000_000_000;
 /** vm.mmap_min_addr: the lowest address mmap hands out. */
 const MMAP_MIN_ADDR = 0x10000n;
 const PAGE = 4096n;
-const KVM_MAX_VCPU_IDS = 4096;
 
 interface SimSlot extends SlotView {
   /** The bound gmem file; cleared when the file is released (the slot stays). */
   file: SimFile | undefined;
   pgoff: bigint;
+  /** KVM_MEMSLOT_GMEM_ONLY: bound to a gmem with MMAP, whose shared pages come from the gmem. */
+  gmemOnly: boolean;
 }
 
 class SimVm {
@@ -38,28 +42,59 @@ class SimVm {
   attributes = new RangeMap<bigint>(0n);
   /** vCPU ids ever created: an id stays taken after its fd closes (vCPUs go with the VM). */
   vcpuIds = new Set<number>();
-  /** Whether a memslot was ever created (this host's pre-fault answers ENOSPC until then). */
+  /** Whether a memslot was ever created (a host that cannot pre-fault may answer differently before). */
   everHadSlot = false;
   /** References: the VM fd, each gmem file, each vCPU (kvm_get_kvm). */
   refs = 1;
   constructor(readonly type: number) {}
 }
 
+/** A file with contents: a guest_memfd or a memfd. */
 class SimFile {
   bindings = new IntervalIndex<SimSlot>();
-  memory: FileMemory;
   /** Open fds and live mappings (a VMA holds a file reference). */
   refs = 1;
-  constructor(readonly vm: SimVm, readonly size: bigint, readonly flags: bigint, readonly ino: bigint) {
-    this.memory = new FileMemory(Number(size));
+  #store: FileStore | undefined;
+  constructor(
+    /** The VM of a guest_memfd; undefined for a memfd. */
+    readonly vm: SimVm | undefined,
+    public size: bigint,
+    readonly flags: bigint,
+    readonly ino: bigint,
+    readonly newStore: (size: number) => FileStore,
+  ) {}
+  /** The contents, made on first use (a file never mapped holds none). */
+  get store(): FileStore {
+    return (this.#store ??= this.newStore(Number(this.size)));
   }
+  get hasStore(): boolean {
+    return this.#store !== undefined;
+  }
+}
+
+class SimVcpu {
+  regs = resetRegs();
+  sregs = encodeSregs(RESET_SREGS);
+  /** The kvm_run area's contents, shared by the vCPU's mappings. */
+  run: FileStore | undefined;
+  constructor(readonly vm: SimVm, readonly id: number) {}
 }
 
 type SimObject =
   | { kind: 'system' }
   | { kind: 'vm'; vm: SimVm }
   | { kind: 'gmem'; file: SimFile }
-  | { kind: 'vcpu'; vm: SimVm; id: number };
+  | { kind: 'memfd'; file: SimFile }
+  | { kind: 'vcpu'; vcpu: SimVcpu };
+
+/** A live host mapping: its memory, the file it holds a reference on, where it is. */
+interface SimVma {
+  mapping: SimMapping;
+  store: FileStore;
+  file: SimFile | undefined;
+  /** Anonymous memory: its store goes with the mapping. */
+  anonymous: boolean;
+}
 
 const ioctl = (request: string) => ({ syscall: 'ioctl', request });
 
@@ -67,17 +102,42 @@ function fail(code: ErrnoCode, where: { syscall: string; request?: string }, mes
   throw kvmError(code, where, message);
 }
 
+export interface SimOptions {
+  /**
+   * Where file contents live: 'memfd' (OS shared memory through the native addon: costs what
+   * was written), 'buffer' (ArrayBuffers, no addon needed; see memory.ts for the limits), or
+   * 'auto' (default: memfd where the addon loads).
+   */
+  memory?: 'auto' | 'memfd' | 'buffer';
+  /** The native calls the memfd store makes (default: the addon's). */
+  memfdOps?: MemfdOps;
+}
+
 export class SimBackend implements RawBackend {
   readonly kind = 'simulated' as const;
   readonly pageSize = 4096;
   readonly profile: SimProfile;
+  /** Where file contents live. */
+  readonly memory: 'memfd' | 'buffer';
   #handles = new Map<number, SimObject>();
   #next = SIM_HANDLE_BASE;
-  #nextAddress = 0x100000000000n;
   #nextIno = 1n;
+  #ops: MemfdOps | undefined;
+  #addresses: AddressSpace;
+  /** Live mappings (what munmap and madvise act on, and what a memslot's host addresses reach). */
+  #vmas = new Map<SimMapping, SimVma>();
+  #vmaByAddress = new IntervalIndex<SimVma>();
 
-  constructor(profile: SimProfile = defaultProfile) {
+  constructor(profile: SimProfile = defaultProfile, options: SimOptions = {}) {
     this.profile = profile;
+    const want = options.memory ?? 'auto';
+    this.#ops = want === 'buffer' ? undefined : (options.memfdOps ?? nativeMemfdOps(want === 'memfd'));
+    this.memory = this.#ops ? 'memfd' : 'buffer';
+    this.#addresses = new AddressSpace(0x100000000000n, profile.userAddressMax);
+  }
+
+  #newStore(size: number, name: string): FileStore {
+    return this.#ops ? new MemfdStore(size, this.#ops, name) : new BufferStore(size, this.#addresses);
   }
 
   // ---- handles ------------------------------------------------------------------------
@@ -95,26 +155,35 @@ export class SimBackend implements RawBackend {
     return o;
   }
 
+  /** A file that is not a KVM fd (its ioctls are ENOTTY). */
+  #isFile(o: SimObject): boolean {
+    return o.kind === 'gmem' || o.kind === 'memfd';
+  }
+
   /** The VM of a VM-fd ioctl; other fds answer as the kernel's ioctl dispatch would. */
   #vm(fd: unknown, request: string): SimVm {
     const o = this.#get(fd, ioctl(request));
     if (o.kind === 'vm') return o.vm;
-    return fail(o.kind === 'gmem' ? 'ENOTTY' : 'EINVAL', ioctl(request), `fd ${String(fd)} is not a VM`);
+    return fail(this.#isFile(o) ? 'ENOTTY' : 'EINVAL', ioctl(request), `fd ${String(fd)} is not a VM`);
   }
 
   #hasPrivate(vm: SimVm): boolean {
     return (PRIVATE_MEM_TYPES & (1 << vm.type)) !== 0;
   }
 
-  /** KVM_CAP_GUEST_MEMFD_FLAGS for a VM (or the system when vm is undefined). */
-  #gmemFlags(vm: SimVm | undefined): bigint {
-    const f = this.profile.guestMemfdFlags;
-    return vm && this.#hasPrivate(vm) ? f & GuestMemfdFlag.MMAP : f;
+  /** The profile's KVM_CHECK_EXTENSION answer for `cap` on `vm` (on /dev/kvm when undefined). */
+  #cap(vm: SimVm | undefined, cap: number): number {
+    return capOf(this.profile, vm ? vm.type : 'system', cap);
   }
 
+  /** KVM_CAP_GUEST_MEMFD_FLAGS for a VM (or the system when vm is undefined). */
+  #gmemFlags(vm: SimVm | undefined): bigint {
+    return BigInt(this.#cap(vm, Cap.GUEST_MEMFD_FLAGS));
+  }
+
+  /** kvm_supported_mem_attributes(kvm) */
   #attributesSupported(vm: SimVm | undefined): bigint {
-    if (!this.profile.memoryAttributes) return 0n;
-    return !vm || this.#hasPrivate(vm) ? MemoryAttribute.PRIVATE : 0n;
+    return BigInt(this.#cap(vm, Cap.MEMORY_ATTRIBUTES));
   }
 
   // ---- system -------------------------------------------------------------------------
@@ -128,13 +197,13 @@ export class SimBackend implements RawBackend {
     const o = this.#get(fd, { syscall: 'close' });
     this.#handles.delete(fd);
     if (o.kind === 'vm') this.#putVm(o.vm);
-    else if (o.kind === 'gmem') this.#putFile(o.file);
-    else if (o.kind === 'vcpu') this.#putVm(o.vm);
+    else if (o.kind === 'gmem' || o.kind === 'memfd') this.#putFile(o.file);
+    else if (o.kind === 'vcpu') this.#putVm(o.vcpu.vm);
   }
 
   getApiVersion(fd: Handle): number {
     const o = this.#get(fd, ioctl('KVM_GET_API_VERSION'));
-    if (o.kind !== 'system') fail(o.kind === 'vm' || o.kind === 'gmem' ? 'ENOTTY' : 'EINVAL', ioctl('KVM_GET_API_VERSION'), 'not /dev/kvm');
+    if (o.kind !== 'system') fail(o.kind === 'vm' || this.#isFile(o) ? 'ENOTTY' : 'EINVAL', ioctl('KVM_GET_API_VERSION'), 'not /dev/kvm');
     return KVM_API_VERSION;
   }
 
@@ -142,42 +211,17 @@ export class SimBackend implements RawBackend {
     const where = ioctl('KVM_CHECK_EXTENSION');
     const o = this.#get(fd, where);
     const c = toInt(cap, 'cap', -(2 ** 31), 2 ** 31 - 1);
-    if (o.kind === 'gmem') fail('ENOTTY', where, 'not a KVM fd');
+    if (this.#isFile(o)) fail('ENOTTY', where, 'not a KVM fd');
     if (o.kind === 'vcpu') fail('EINVAL', where, 'not /dev/kvm or a VM');
-    const vm = o.kind === 'vm' ? o.vm : undefined;
-    const p = this.profile;
-    switch (c) {
-      case Cap.USER_MEMORY:
-      case Cap.USER_MEMORY2:
-      case Cap.GUEST_MEMFD:
-        return 1;
-      case Cap.NR_MEMSLOTS:
-        return KVM_USER_MEM_SLOTS;
-      case Cap.READONLY_MEM:
-        return vm && PROTECTED_STATE_TYPES & (1 << vm.type) ? 0 : 1;
-      case Cap.MULTI_ADDRESS_SPACE:
-        return p.addressSpaces > 1 ? p.addressSpaces : 0;
-      case Cap.MEMORY_FAULT_INFO:
-        return p.memoryFaultInfo ? 1 : 0;
-      case Cap.MEMORY_ATTRIBUTES:
-        return Number(this.#attributesSupported(vm));
-      case Cap.VM_TYPES:
-        return p.vmTypes;
-      case Cap.PRE_FAULT_MEMORY:
-        return p.preFaultMemory ? 1 : 0;
-      case Cap.GUEST_MEMFD_FLAGS:
-        return Number(this.#gmemFlags(vm));
-      default:
-        return 0; // capabilities the simulator does not model read as absent
-    }
+    return this.#cap(o.kind === 'vm' ? o.vm : undefined, c);
   }
 
   createVm(fd: Handle, type: number): Handle {
     const where = ioctl('KVM_CREATE_VM');
     const o = this.#get(fd, where);
     const t = toInt(type, 'type', 0, 2 ** 32 - 1);
-    if (o.kind !== 'system') fail(o.kind === 'gmem' || o.kind === 'vm' ? 'ENOTTY' : 'EINVAL', where, 'not /dev/kvm');
-    if (t >= 32 || !(this.profile.vmTypes & (1 << t))) fail('EINVAL', where, `VM type ${t} is not supported by this host`);
+    if (o.kind !== 'system') fail(o.kind === 'vm' || this.#isFile(o) ? 'ENOTTY' : 'EINVAL', where, 'not /dev/kvm');
+    if (t >= 32 || !((this.#cap(undefined, Cap.VM_TYPES) || 1) & (1 << t))) fail('EINVAL', where, `VM type ${t} is not supported by this host`);
     return this.#add({ kind: 'vm', vm: new SimVm(t) });
   }
 
@@ -191,11 +235,12 @@ export class SimBackend implements RawBackend {
     this.#get(vmFd, ioctl('KVM_CREATE_VCPU')); // EBADF before argument errors, as the addon
     const n = toInt(id, 'vcpuId', 0, 2 ** 32 - 1);
     const vm = this.#vm(vmFd, 'KVM_CREATE_VCPU');
-    if (n >= KVM_MAX_VCPU_IDS) fail('EINVAL', ioctl('KVM_CREATE_VCPU'), `vCPU id ${n} is not below KVM_MAX_VCPU_IDS (${KVM_MAX_VCPU_IDS})`);
+    const maxIds = this.#cap(vm, Cap.MAX_VCPU_ID) || this.#cap(vm, Cap.MAX_VCPUS);
+    if (n >= maxIds) fail('EINVAL', ioctl('KVM_CREATE_VCPU'), `vCPU id ${n} is not below KVM_MAX_VCPU_IDS (${maxIds})`);
     if (vm.vcpuIds.has(n)) fail('EEXIST', ioctl('KVM_CREATE_VCPU'), `vCPU ${n} exists`);
     vm.vcpuIds.add(n);
     vm.refs++;
-    return this.#add({ kind: 'vcpu', vm, id: n });
+    return this.#add({ kind: 'vcpu', vcpu: new SimVcpu(vm, n) });
   }
 
   #putVm(vm: SimVm): void {
@@ -206,23 +251,44 @@ export class SimBackend implements RawBackend {
     vm.byGfn.clear();
   }
 
-  // ---- guest_memfd --------------------------------------------------------------------
+  // ---- guest_memfd and memfd ------------------------------------------------------------
 
   createGuestMemfd(vmFd: Handle, size: bigint | number, flags: bigint | number): Handle {
     const where = ioctl('KVM_CREATE_GUEST_MEMFD');
     const o = this.#get(vmFd, where);
     const sz = toU64(size, 'size');
     const fl = toU64(flags, 'flags');
-    if (o.kind !== 'vm') fail(o.kind === 'gmem' ? 'ENOTTY' : 'EINVAL', where, 'guest_memfd is created on a VM fd');
+    if (o.kind !== 'vm') fail(this.#isFile(o) ? 'ENOTTY' : 'EINVAL', where, 'guest_memfd is created on a VM fd');
     const v = checkCreateGuestMemfd(sz, fl, this.#gmemFlags(o.vm), PAGE);
     if (v) throw violationError(v, where);
     o.vm.refs++;
-    const file = new SimFile(o.vm, sz, fl, this.#nextIno++);
-    this.#fileOf.set(file.memory, file);
+    const file = new SimFile(o.vm, sz, fl, this.#nextIno++, (n) => this.#newStore(n, 'kvm-gmem sim guest_memfd'));
     return this.#add({ kind: 'gmem', file });
   }
 
-  /** Drops a file reference; the last one releases it (kvm_gmem_release). */
+  memfdCreate(name: string): Handle {
+    if (typeof name !== 'string') throw new TypeError(`name must be a string, got ${typeName(name)}`);
+    const file = new SimFile(undefined, 0n, 0n, this.#nextIno++, (n) => this.#newStore(n, name.slice(0, 63)));
+    return this.#add({ kind: 'memfd', file });
+  }
+
+  ftruncate(fd: Handle, length: bigint | number): void {
+    const where = { syscall: 'ftruncate' };
+    const o = this.#get(fd, where);
+    const len = toU64(length, 'length');
+    // A guest_memfd cannot change size (kvm_gmem_setattr); other KVM fds are not regular files.
+    if (o.kind !== 'memfd') fail('EINVAL', where, o.kind === 'gmem' ? 'a guest_memfd cannot be resized' : 'not a regular file');
+    const f = o.file;
+    if (len >= 1n << 63n) fail('EINVAL', where, 'length is negative as an off_t');
+    if (len < f.size && [...this.#vmas.values()].some((v) => v.file === f)) {
+      // (As the native addon: shrinking a mapped memfd would make its views fault.)
+      fail('EBUSY', where, 'the memfd is mapped: unmap it before shrinking it');
+    }
+    if (f.hasStore) f.store.resize(Number(len));
+    f.size = len;
+  }
+
+  /** Drops a file reference; the last one releases it (kvm_gmem_release for a gmem). */
   #putFile(f: SimFile): void {
     if (--f.refs > 0) return;
     // Slots stay (still GUEST_MEMFD) but lose the file; a later fault there is EFAULT.
@@ -230,7 +296,8 @@ export class SimBackend implements RawBackend {
       s.file = undefined;
       f.bindings.remove(s);
     }
-    this.#putVm(f.vm);
+    if (f.hasStore) f.store.release();
+    if (f.vm) this.#putVm(f.vm);
   }
 
   fallocate(fd: Handle, mode: number, offset: bigint | number, length: bigint | number): void {
@@ -238,68 +305,106 @@ export class SimBackend implements RawBackend {
     const m = toInt(mode, 'mode', -(2 ** 31), 2 ** 31 - 1);
     const off = toU64(offset, 'offset');
     const len = toU64(length, 'length');
-    const f = o.kind === 'gmem' ? o.file : undefined;
-    const v = checkFallocate(m, off, len, f ? { kind: 'gmem', size: f.size } : { kind: 'not-regular' }, PAGE);
+    const target: FallocateTarget = o.kind === 'gmem' ? { kind: 'gmem', size: o.file.size } : o.kind === 'memfd' ? { kind: 'shmem', size: o.file.size } : { kind: 'not-regular' };
+    const v = checkFallocate(m, off, len, target, PAGE);
     if (v) throw violationError(v, { syscall: 'fallocate' });
-    if (f && m & Falloc.PUNCH_HOLE && off < f.size) f.memory.zero(Number(off), Number(len > f.size ? f.size : len));
+    if (o.kind === 'memfd' && !(m & Falloc.KEEP_SIZE) && off + len > o.file.size) {
+      if (o.file.hasStore) o.file.store.resize(Number(off + len));
+      o.file.size = off + len;
+    }
+    const f = o.kind === 'gmem' || o.kind === 'memfd' ? o.file : undefined;
+    if (f?.hasStore && m & Falloc.PUNCH_HOLE && off < f.size) f.store.zero(Number(off), Number(len > f.size ? f.size : len));
   }
 
   fstat(fd: Handle): RawStat {
     const o = this.#get(fd, { syscall: 'fstat' });
-    if (o.kind === 'gmem') return { size: o.file.size, mode: 0o100600, blksize: this.pageSize, blocks: 0n, ino: o.file.ino };
+    if (o.kind === 'gmem' || o.kind === 'memfd') return { size: o.file.size, mode: o.kind === 'gmem' ? 0o100600 : 0o100777, blksize: this.pageSize, blocks: 0n, ino: o.file.ino };
     return { size: 0n, mode: o.kind === 'system' ? 0o20600 : 0o600, blksize: this.pageSize, blocks: 0n, ino: 0n };
   }
 
   mmap(fd: Handle, length: bigint | number, offset: bigint | number, prot: number, flags: number): RawMapping {
     const where = { syscall: 'mmap' };
-    const o = this.#get(fd, where);
+    const fl = toInt(flags, 'flags', -(2 ** 31), 2 ** 31 - 1);
+    const anonymous = (fl & MapFlag.ANONYMOUS) !== 0 && fd === -1;
+    const o = anonymous ? undefined : this.#get(fd, where);
     const len = toU64(length, 'length');
     const off = toU64(offset, 'offset');
     const p = toInt(prot, 'prot', -(2 ** 31), 2 ** 31 - 1);
-    const fl = toInt(flags, 'flags', -(2 ** 31), 2 ** 31 - 1);
     if (fl & (MapFlag.FIXED | 0x100000)) throw new RangeError('mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported');
-    const target = o.kind === 'gmem' ? { kind: 'gmem' as const, flags: o.file.flags } : o.kind === 'vcpu' ? { kind: 'vcpu' as const } : { kind: 'no-mmap' as const, noexec: o.kind === 'vm' };
+    const target: MmapTarget =
+      o === undefined ? { kind: 'anonymous' }
+      : o.kind === 'gmem' ? { kind: 'gmem', flags: o.file.flags }
+      : o.kind === 'memfd' ? { kind: 'shmem' }
+      : o.kind === 'vcpu' ? { kind: 'vcpu' }
+      : { kind: 'no-mmap', noexec: o.kind === 'vm' };
     const v = checkMmapCall(len, off, p, fl, target, PAGE, this.profile.userAddressMax - MMAP_MIN_ADDR);
     if (v) throw violationError(v, where);
-    const span = ((len + PAGE - 1n) / PAGE) * PAGE;
-    if (o.kind === 'vcpu') {
-      // the kvm_run area (and the pages after it): only the area itself has bytes here
-      const buffer = new ArrayBuffer(Number(len < BigInt(this.profile.vcpuMmapSize) ? len : BigInt(this.profile.vcpuMmapSize)));
-      return { address: this.#reserve(span), buffer, view: (at, n) => new Uint8Array(buffer, at, n) };
+    if ((fl & 0x03) === MapFlag.PRIVATE && (o === undefined || o.kind === 'memfd')) {
+      throw kvmError('EOPNOTSUPP', where, 'the simulator maps memory MAP_SHARED only (MAP_PRIVATE copy-on-write is not modelled)');
     }
-    if (o.kind !== 'gmem') fail('ENODEV', where, `fd ${fd} cannot be mapped`);
-    const f = o.file;
-    const accessible = (f.flags & GuestMemfdFlag.INIT_SHARED) !== 0n && off < f.size;
-    let m: SimMapping;
-    try {
-      m = f.memory.map(this.#reserve(span), Number(off), len, accessible);
-    } catch (e) {
-      fail('ENOMEM', where, (e as Error).message);
+    let vma: SimVma;
+    if (o === undefined) {
+      const store = this.#newStore(Number(len), 'kvm-gmem sim anonymous');
+      vma = { mapping: this.#mapStore(store, 0, len, true), store, file: undefined, anonymous: true };
+    } else if (o.kind === 'vcpu') {
+      // The kvm_run area (and the pages after it): its bytes, shared by the vCPU's mappings.
+      const store = (o.vcpu.run ??= this.#newStore(this.profile.vcpuMmapSize, 'kvm-gmem sim kvm_run'));
+      vma = { mapping: this.#mapStore(store, Number(off), len, true), store, file: undefined, anonymous: false };
+    } else if (o.kind === 'gmem' || o.kind === 'memfd') {
+      const f = o.file;
+      const accessible = o.kind === 'memfd' || ((f.flags & GuestMemfdFlag.INIT_SHARED) !== 0n && off < f.size);
+      vma = { mapping: this.#mapStore(f.store, Number(off), len, accessible), store: f.store, file: f, anonymous: false };
+      f.refs++;
+    } else {
+      return fail('ENODEV', where, `fd ${fd} cannot be mapped`);
     }
-    f.refs++;
-    return m;
+    this.#vmas.set(vma.mapping, vma);
+    const a = Number(vma.mapping.address);
+    this.#vmaByAddress.insert(a, a + Number(len), vma);
+    return vma.mapping;
   }
 
-  #reserve(span: bigint): bigint {
-    const a = this.#nextAddress;
-    this.#nextAddress += span + PAGE; // a guard page between mappings
-    if (this.#nextAddress > this.profile.userAddressMax) this.#nextAddress = 0x100000000000n;
-    return a;
+  #mapStore(store: FileStore, offset: number, length: bigint, accessible: boolean): SimMapping {
+    try {
+      return store.map(offset, length, accessible);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENOMEM') throw e;
+      return fail('ENOMEM', { syscall: 'mmap' }, (e as Error).message);
+    }
+  }
+
+  #vma(mapping: unknown): SimVma | undefined {
+    const vma = this.#vmas.get(mapping as SimMapping);
+    if (vma) return vma;
+    if ((mapping as SimMapping | undefined)?.unmapped === true) return undefined; // unmapped already
+    throw new TypeError('expected a mapping returned by mmap()');
   }
 
   munmap(mapping: RawMapping): void {
-    if (!(mapping instanceof SimMapping)) {
-      if (mapping && typeof mapping === 'object' && typeof mapping.address === 'bigint') return; // a vCPU run area
-      throw new TypeError('expected a mapping returned by mmap()');
-    }
-    if (mapping.unmapped) return;
-    mapping.memory.unmap(mapping);
-    const file = this.#fileOf.get(mapping.memory);
-    if (file) this.#putFile(file);
+    const vma = this.#vma(mapping);
+    if (!vma) return; // idempotent
+    vma.store.unmap(vma.mapping);
+    this.#vmas.delete(vma.mapping);
+    this.#vmaByAddress.remove(vma);
+    if (vma.anonymous) vma.store.release();
+    if (vma.file) this.#putFile(vma.file);
   }
 
-  /** The file behind a mapping's memory (its fds may all be closed: the VMA holds it). */
-  #fileOf = new WeakMap<FileMemory, SimFile>();
+  madvise(mapping: RawMapping, offset: bigint | number, length: bigint | number, advice: number): void {
+    const where = { syscall: 'madvise' };
+    const off = toU64(offset, 'offset');
+    const len = toU64(length, 'length');
+    const adv = toInt(advice, 'advice', -(2 ** 31), 2 ** 31 - 1);
+    const vma = this.#vma(mapping);
+    if (!vma) return fail('EBADF', where, 'this mapping is unmapped');
+    if (!(Object.values(Madv) as number[]).includes(adv)) throw new RangeError('advice must be MADV_NORMAL, MADV_WILLNEED, MADV_DONTNEED, MADV_FREE or MADV_REMOVE');
+    if ((vma.mapping.address + off) % PAGE !== 0n) fail('EINVAL', where, 'the address is not page-aligned');
+    if (adv !== Madv.REMOVE) return; // shared memory keeps its contents under the other advice
+    // MADV_REMOVE punches the file's pages (vfs_fallocate): zeros in every mapping.
+    const fileOff = BigInt(vma.mapping.offset) + off;
+    const span = ((len + PAGE - 1n) / PAGE) * PAGE;
+    vma.store.zero(Number(fileOff), Number(span));
+  }
 
   // ---- memslots -----------------------------------------------------------------------
 
@@ -350,11 +455,12 @@ export class SimBackend implements RawBackend {
       case 'noop':
         return;
       case 'create': {
-        const gmem = r.flags & 4 ? this.#handles.get(r.guestMemfd) : undefined;
+        const gmem = r.flags & MemFlag.GUEST_MEMFD ? this.#handles.get(r.guestMemfd) : undefined;
         const file = gmem?.kind === 'gmem' ? gmem.file : undefined;
         const s: SimSlot = {
           asId: d.asId, id: d.id, baseGfn: d.baseGfn, npages: d.npages, flags: r.flags,
           userspaceAddr: r.userspaceAddr, file, pgoff: r.guestMemfdOffset / PAGE,
+          gmemOnly: file !== undefined && (file.flags & GuestMemfdFlag.MMAP) !== 0n,
         };
         vm.slots.set(key, s);
         vm.everHadSlot = true;
@@ -368,11 +474,11 @@ export class SimBackend implements RawBackend {
     const view = (s: SimSlot): SlotView => s; // a SimSlot is a SlotView (the rules only read it)
     return {
       pageSize: PAGE,
-      readonlyMem: !(PROTECTED_STATE_TYPES & (1 << vm.type)),
-      guestMemfd: true,
-      addressSpaces: this.profile.addressSpaces,
+      readonlyMem: this.#cap(vm, Cap.READONLY_MEM) > 0,
+      guestMemfd: this.#cap(vm, Cap.GUEST_MEMFD) > 0,
+      addressSpaces: Math.max(1, this.#cap(vm, Cap.MULTI_ADDRESS_SPACE)),
       userAddressMax: this.profile.userAddressMax,
-      maxGfn: this.profile.maxGfn,
+      maxGfn: (1n << BigInt(this.profile.guestPhysAddrBits - 12)) - 1n,
       slot: (asId, id) => {
         const s = vm.slots.get((asId << 16) | id);
         return s && view(s);
@@ -401,39 +507,32 @@ export class SimBackend implements RawBackend {
 
   // ---- vCPU state (registers are kept; guest code cannot run) ---------------------------
 
-  #vcpu(fd: Handle, request: string): Extract<SimObject, { kind: 'vcpu' }> {
+  #vcpu(fd: Handle, request: string): SimVcpu {
     const o = this.#get(fd, ioctl(request));
-    if (o.kind !== 'vcpu') fail(o.kind === 'gmem' ? 'ENOTTY' : 'EINVAL', ioctl(request), 'not a vCPU fd');
-    return o;
-  }
-
-  #regs = new Map<SimObject, { regs: Uint8Array; sregs: Uint8Array }>();
-  #state(o: SimObject): { regs: Uint8Array; sregs: Uint8Array } {
-    let s = this.#regs.get(o);
-    if (!s) this.#regs.set(o, (s = { regs: resetRegs(), sregs: resetSregs() }));
-    return s;
+    if (o.kind !== 'vcpu') fail(this.#isFile(o) ? 'ENOTTY' : 'EINVAL', ioctl(request), 'not a vCPU fd');
+    return o.vcpu;
   }
 
   getRegs(vcpuFd: Handle): Uint8Array {
-    return this.#state(this.#vcpu(vcpuFd, 'KVM_GET_REGS')).regs.slice();
+    return this.#vcpu(vcpuFd, 'KVM_GET_REGS').regs.slice();
   }
   setRegs(vcpuFd: Handle, regs: Uint8Array): void {
     this.#get(vcpuFd, ioctl('KVM_SET_REGS'));
-    const bytes = structBytes(regs, 144, 'regs');
-    this.#state(this.#vcpu(vcpuFd, 'KVM_SET_REGS')).regs = bytes;
+    const bytes = structBytes(regs, REGS_SIZE, 'regs');
+    this.#vcpu(vcpuFd, 'KVM_SET_REGS').regs = bytes;
   }
   getSregs(vcpuFd: Handle): Uint8Array {
-    return this.#state(this.#vcpu(vcpuFd, 'KVM_GET_SREGS')).sregs.slice();
+    return this.#vcpu(vcpuFd, 'KVM_GET_SREGS').sregs.slice();
   }
   setSregs(vcpuFd: Handle, sregs: Uint8Array): void {
     this.#get(vcpuFd, ioctl('KVM_SET_SREGS'));
-    const bytes = structBytes(sregs, 312, 'sregs');
-    this.#state(this.#vcpu(vcpuFd, 'KVM_SET_SREGS')).sregs = bytes;
+    const bytes = structBytes(sregs, SREGS_SIZE, 'sregs');
+    this.#vcpu(vcpuFd, 'KVM_SET_SREGS').sregs = bytes;
   }
 
   run(vcpuFd: Handle, _runArea: RawMapping): never {
     this.#vcpu(vcpuFd, 'KVM_RUN');
-    return fail('EOPNOTSUPP', ioctl('KVM_RUN'), 'the simulator cannot execute guest code: running a vCPU needs /dev/kvm');
+    return fail('EOPNOTSUPP', ioctl('KVM_RUN'), 'the simulator cannot execute guest code: running a vCPU needs /dev/kvm (or the lab: kvm-gmem lab run)');
   }
 
   // ---- attributes and pre-fault -------------------------------------------------------
@@ -450,12 +549,18 @@ export class SimBackend implements RawBackend {
       flags: attributes.flags === undefined ? 0n : toU64(attributes.flags, 'flags'),
     };
     const vm = this.#vm(fd, where.request);
-    if (!this.profile.memoryAttributes) fail('ENOTTY', where, 'this host has no KVM_SET_MEMORY_ATTRIBUTES');
+    if (!this.profile.memoryAttributesIoctl) fail('ENOTTY', where, 'this host has no KVM_SET_MEMORY_ATTRIBUTES');
     const v = checkSetMemoryAttributes(a, this.#attributesSupported(vm), PAGE);
     if (v) throw violationError(v, where);
     vm.attributes.set(Number(a.address / PAGE), Number((a.address + a.size) / PAGE), a.attributes);
   }
 
+  /**
+   * KVM_PRE_FAULT_MEMORY, page by page as kvm_arch_vcpu_pre_fault_memory -> kvm_tdp_map_page:
+   * no slot is ENOENT; a private page needs a bound guest_memfd; a shared page comes from the
+   * guest_memfd when the slot is gmem-only (its gmem has MMAP), else from the slot's host
+   * memory, which must be mapped memory the host can fault in (EFAULT otherwise).
+   */
   preFaultMemory(vcpuFd: Handle, range: RawPreFault): { gpa: bigint; size: bigint } {
     const where = ioctl('KVM_PRE_FAULT_MEMORY');
     const fd = toInt(vcpuFd, 'vcpuFd', -(2 ** 31), 2 ** 31 - 1);
@@ -465,28 +570,35 @@ export class SimBackend implements RawBackend {
     if (o.kind !== 'vcpu') fail(o.kind === 'system' ? 'EINVAL' : 'ENOTTY', where, 'not a vCPU fd');
     const v: Violation | undefined = checkPreFault(r, PAGE);
     if (v) throw violationError(v, where);
-    const vm = o.vm;
-    if (!this.profile.preFaultMemory) {
-      // Observed on the project's 6.18 PVM host: with no memslot yet, ENOSPC comes first.
-      fail(vm.everHadSlot ? 'EOPNOTSUPP' : 'ENOSPC', where, 'this host cannot pre-fault (no TDP MMU)');
+    const vm = o.vcpu.vm;
+    if (!this.#cap(vm, Cap.PRE_FAULT_MEMORY)) {
+      // (The 6.18 PVM host answered ENOSPC until the VM's first memslot.)
+      fail(vm.everHadSlot ? 'EOPNOTSUPP' : (this.profile.preFaultWithoutSlots ?? 'EOPNOTSUPP'), where, 'this host cannot pre-fault (no TDP MMU)');
     }
     let gpa = r.gpa;
     let size = r.size;
     while (size > 0n) {
-      const gfn = gpa / PAGE;
-      const slot = vm.byGfn.get(0)?.containing(Number(gfn));
-      const isPrivate = this.#hasPrivate(vm) && (vm.attributes.get(Number(gfn)) & MemoryAttribute.PRIVATE) !== 0n;
-      let err: ErrnoCode | undefined;
-      if (!slot) err = 'ENOENT';
-      else if (isPrivate && !(slot.flags & 4 && slot.file)) err = 'EFAULT';
+      const err = this.#faultIn(vm, gpa / PAGE);
       if (err) {
-        if (size === r.size) fail(err, where, err === 'ENOENT' ? `no memslot at ${gpa}` : 'private memory without a guest_memfd');
+        if (size === r.size) fail(err, where, err === 'ENOENT' ? `no memslot at ${gpa}` : `guest page ${gpa} has no memory the kernel can fault in`);
         break;
       }
       gpa += PAGE;
       size -= PAGE;
     }
     return { gpa, size };
+  }
+
+  /** Why the page `gfn` cannot be mapped into the guest (undefined when it can). */
+  #faultIn(vm: SimVm, gfn: bigint): ErrnoCode | undefined {
+    const slot = vm.byGfn.get(0)?.containing(Number(gfn));
+    if (!slot) return 'ENOENT';
+    const gmem = (slot.flags & MemFlag.GUEST_MEMFD) !== 0;
+    const isPrivate = this.#hasPrivate(vm) && (vm.attributes.get(Number(gfn)) & MemoryAttribute.PRIVATE) !== 0n;
+    if (isPrivate || (gmem && slot.gmemOnly)) return gmem && slot.file ? undefined : 'EFAULT';
+    const hva = slot.userspaceAddr + (gfn - slot.baseGfn) * PAGE;
+    const vma = this.#vmaByAddress.containing(Number(hva));
+    return vma && hva - vma.mapping.address < BigInt(vma.mapping.viewLength) ? undefined : 'EFAULT';
   }
 }
 
@@ -496,33 +608,20 @@ function structBytes(v: unknown, size: number, name: string): Uint8Array {
   return new Uint8Array(v.buffer, v.byteOffset, size).slice();
 }
 
-/** Registers after vCPU creation (x86 reset state: rflags bit 1, rip 0xfff0). */
-function resetRegs(): Uint8Array {
-  const b = new Uint8Array(144);
-  const v = new DataView(b.buffer);
-  v.setBigUint64(128, 0xfff0n, true); // rip
-  v.setBigUint64(136, 2n, true); // rflags
-  return b;
-}
-
-/** Segment registers after reset: cs selector 0xf000 base 0xffff0000, the rest 0, real mode. */
-function resetSregs(): Uint8Array {
-  const b = new Uint8Array(312);
-  const v = new DataView(b.buffer);
-  for (let i = 0; i < 8; i++) {
-    const o = i * 24;
-    v.setUint32(o + 8, 0xffff, true); // limit
-    b[o + 13] = 1; // present
-    b[o + 16] = i < 6 ? 1 : 0; // s (code/data) for cs..ss
-    b[o + 12] = i === 0 ? 0xb : i < 6 ? 3 : i === 6 ? 0xb : 2; // type
+/** The addon's calls for the memfd store; undefined where the addon does not load (unless required). */
+function nativeMemfdOps(required: boolean): MemfdOps | undefined {
+  let b: RawBackend;
+  try {
+    b = nativeBackend();
+  } catch (e) {
+    if (required) throw e;
+    return undefined;
   }
-  v.setBigUint64(0, 0xffff0000n, true); // cs.base
-  v.setUint16(12 - 2, 0xf000, true); // cs.selector
-  v.setUint16(192 + 8, 0xffff, true); // gdt.limit
-  v.setUint16(208 + 8, 0xffff, true); // idt.limit
-  v.setBigUint64(224, 0x60000010n, true); // cr0
-  v.setBigUint64(272, 0xfee00900n, true); // apic_base
-  return b;
+  return {
+    memfdCreate: b.memfdCreate, ftruncate: b.ftruncate, fallocate: b.fallocate, close: b.close,
+    mmap: (fd, length, offset, prot, flags) => b.mmap(fd, length, offset, prot, flags | (fd === -1 ? MapFlag.ANONYMOUS : 0)),
+    munmap: b.munmap,
+  };
 }
 
 function isProcessFd(fd: number): boolean {

@@ -1,45 +1,176 @@
 /**
- * The contents of one simulated guest_memfd: sparse, so memory grows with the pages touched,
- * not with the file size.
+ * The contents of the simulator's files (guest_memfds, memfds) and its host mappings of them.
+ * Two stores, one interface:
  *
- * Unmapped data lives in a map of 4 KiB pages (absent = zero). A host mapping needs one
- * contiguous, detachable ArrayBuffer, and two mappings of the same range must alias (each
- * sees the other's writes, a punch-hole zeroes both), so mapped data lives in *windows*: one
- * ArrayBuffer per run of overlapping mappings, shared by them. A new mapping that overlaps
- * windows merges them into one; unmapping detaches the window's buffer (moved, not copied,
- * to a fresh one for the mappings that remain), so no view outlives its mapping. ArrayBuffers
- * are zero-filled lazily by the OS, so a large window costs only the pages written.
+ * - MemfdStore (Linux, with the native addon): each file's bytes live in an OS memfd of the
+ *   file's size, and a host mapping is a real MAP_SHARED mmap of it. Mappings of one range
+ *   alias for free, a punch-hole is FALLOC_FL_PUNCH_HOLE on the memfd (the pages are freed and
+ *   read as zeros in every mapping), and everything costs what was written: mapping, unmapping
+ *   and punching touch no page.
+ *
+ * - BufferStore (anywhere: no addon needed): a mapping's bytes must be one ArrayBuffer that
+ *   other mappings of the same range share, so mapped data lives in windows, one ArrayBuffer per
+ *   run of overlapping mappings. A window outlives its last mapping as the stored contents of
+ *   its range. Limits: a new mapping that extends past the windows it overlaps copies them into
+ *   a larger one, and a punch-hole fills zeros into the windows it overlaps; both touch (and,
+ *   on a kernel without a shared zero page, commit) the bytes involved.
+ *
+ * Either way the library never hands out a view that would fault: a view covers only the part
+ * of a mapping inside the file, and nothing of a file whose pages the host may not touch.
  */
+import { markAsUntransferable } from 'node:worker_threads';
+import { kvmError } from '../../errors.js';
+import type { RawMapping } from '../types.js';
+
 const PAGE = 4096;
+
+/** A simulated host mapping. */
+export interface SimMapping extends RawMapping {
+  readonly unmapped: boolean;
+  /** File offset of the first byte. */
+  readonly offset: number;
+  /** Bytes of the mapping that views may cover (inside the file, and host-accessible). */
+  readonly viewLength: number;
+}
+
+/** The bytes of one simulated file. */
+export interface FileStore {
+  readonly size: number;
+  /** Maps [offset, offset + length) shared at an address the store picks; `accessible`: whether
+   * views may cover it (a gmem without INIT_SHARED: no). */
+  map(offset: number, length: bigint, accessible: boolean): SimMapping;
+  unmap(m: SimMapping): void;
+  /** Punch-hole: [offset, offset + length) ∩ file reads as zeros, in every mapping. */
+  zero(offset: number, length: number): void;
+  /** The file's new size (ftruncate, fallocate past the end): bytes past it are dropped. */
+  resize(size: number): void;
+  /** The file is gone (its last reference dropped): free its storage. */
+  release(): void;
+}
+
+/** The part of the native addon the memfd store uses. */
+export interface MemfdOps {
+  memfdCreate(name: string): number;
+  ftruncate(fd: number, length: bigint | number): void;
+  fallocate(fd: number, mode: number, offset: bigint | number, length: bigint | number): void;
+  close(fd: number): void;
+  /** mmap of `fd` (or anonymous memory with fd -1), shared, read-write. */
+  mmap(fd: number, length: bigint | number, offset: bigint | number, prot: number, flags: number): RawMapping;
+  munmap(m: RawMapping): void;
+}
+
+const FALLOC_PUNCH = 0x01 | 0x02; // KEEP_SIZE | PUNCH_HOLE
+const PROT_RW = 0x1 | 0x2;
+const MAP_SHARED = 0x01;
+
+function unmappedError(): Error {
+  return kvmError('EBADF', { syscall: 'munmap' }, 'this mapping is unmapped');
+}
+
+/** A view the caller cannot transfer away (which would detach it under its mapping). */
+function untransferable(u: Uint8Array): Uint8Array {
+  markAsUntransferable(u.buffer);
+  return u;
+}
+
+// ---- MemfdStore ---------------------------------------------------------------------------
+
+class MemfdMapping implements SimMapping {
+  unmapped = false;
+  constructor(
+    readonly native: RawMapping,
+    readonly offset: number,
+    readonly viewLength: number,
+    readonly length: bigint,
+    readonly store: MemfdStore,
+  ) {}
+  get address(): bigint {
+    return this.native.address;
+  }
+  view(offset: number, length: number): Uint8Array {
+    if (this.unmapped) throw unmappedError();
+    if (offset + length > this.viewLength) throw new RangeError(`view [${offset}, ${offset + length}) is outside the mapping's accessible ${this.viewLength} bytes`);
+    return untransferable(this.native.view(offset, length));
+  }
+}
+
+export class MemfdStore implements FileStore {
+  #fd: number | undefined;
+  constructor(
+    public size: number,
+    readonly ops: MemfdOps,
+    readonly name: string,
+  ) {}
+
+  /** The memfd, made on first use (a file never mapped needs none). */
+  #memfd(): number {
+    if (this.#fd === undefined) {
+      const fd = this.ops.memfdCreate(this.name);
+      try {
+        this.ops.ftruncate(fd, this.size);
+      } catch (e) {
+        this.ops.close(fd);
+        throw e;
+      }
+      this.#fd = fd;
+    }
+    return this.#fd;
+  }
+
+  map(offset: number, length: bigint, accessible: boolean): SimMapping {
+    const native = this.ops.mmap(this.#memfd(), length, offset, PROT_RW, MAP_SHARED);
+    const viewLength = accessible ? Math.max(0, Math.min(offset + Number(length), this.size) - offset) : 0;
+    return new MemfdMapping(native, offset, viewLength, length, this);
+  }
+
+  unmap(m: SimMapping): void {
+    const mm = m as MemfdMapping;
+    if (mm.unmapped) return;
+    this.ops.munmap(mm.native);
+    mm.unmapped = true;
+  }
+
+  zero(offset: number, length: number): void {
+    const end = Math.min(offset + length, this.size);
+    if (this.#fd === undefined || end <= offset) return;
+    this.ops.fallocate(this.#fd, FALLOC_PUNCH, offset, end - offset);
+  }
+
+  resize(size: number): void {
+    if (this.#fd !== undefined) this.ops.ftruncate(this.#fd, size);
+    this.size = size;
+  }
+
+  release(): void {
+    if (this.#fd !== undefined) this.ops.close(this.#fd);
+    this.#fd = undefined;
+  }
+}
+
+// ---- BufferStore --------------------------------------------------------------------------
 
 interface Window {
   start: number;
   end: number;
   buffer: ArrayBuffer;
-  maps: Set<SimMapping>;
+  maps: Set<BufferMapping>;
 }
 
-/** A host mapping of a file range; buffer/byteOffset move when windows merge or detach. */
-export class SimMapping {
+class BufferMapping implements SimMapping {
+  unmapped = false;
   constructor(
     readonly address: bigint,
-    /** File offset and length the view covers (clamped to the file). */
     readonly offset: number,
     readonly viewLength: number,
-    /** Bytes reserved in the simulated address space (the mmap length). */
     readonly length: bigint,
     public window: Window | undefined,
-    readonly memory: FileMemory,
   ) {}
-  unmapped = false;
-  get buffer(): ArrayBuffer {
-    return this.window?.buffer ?? EMPTY;
-  }
-  get byteOffset(): number {
-    return this.window ? this.offset - this.window.start : 0;
-  }
   view(offset: number, length: number): Uint8Array {
-    return new Uint8Array(this.buffer, this.byteOffset + offset, length);
+    if (this.unmapped) throw unmappedError();
+    if (offset + length > this.viewLength) throw new RangeError(`view [${offset}, ${offset + length}) is outside the mapping's accessible ${this.viewLength} bytes`);
+    if (length === 0) return new Uint8Array(0);
+    const w = this.window!;
+    return untransferable(new Uint8Array(w.buffer, this.offset - w.start + offset, length));
   }
 }
 
@@ -50,47 +181,67 @@ function chunks(start: number, end: number, fn: (at: number, n: number) => void)
   for (let at = start; at < end; at += CHUNK) fn(at, Math.min(CHUNK, end - at));
 }
 
-const EMPTY = new ArrayBuffer(0);
-
 /** Detaches `b` (every view over it) and returns its contents in a new buffer, zero-copy. */
 function move(b: ArrayBuffer): ArrayBuffer {
   return structuredClone(b, { transfer: [b] });
 }
 
-export class FileMemory {
-  #pages = new Map<number, Uint8Array>();
+/** Simulated addresses: handed out upward from 16 TiB, never reused while the store lives. */
+export class AddressSpace {
+  #next: bigint;
+  constructor(
+    readonly base: bigint,
+    readonly limit: bigint,
+  ) {
+    this.#next = base;
+  }
+  /** An address for `span` bytes, or undefined when the space is used up. */
+  take(span: bigint): bigint | undefined {
+    const a = this.#next;
+    if (a + span > this.limit) return undefined;
+    this.#next += span + BigInt(PAGE); // a guard page between mappings
+    return a;
+  }
+}
+
+export class BufferStore implements FileStore {
   #windows: Window[] = [];
 
-  constructor(readonly size: number) {}
-
-  /** Bytes of page storage held outside windows (for the memory benchmark). */
-  get storedPages(): number {
-    return this.#pages.size;
-  }
+  constructor(
+    public size: number,
+    readonly addresses: AddressSpace,
+  ) {}
 
   #overlapping(start: number, end: number): Window[] {
     return this.#windows.filter((w) => w.start < end && start < w.end);
   }
 
-  /** Maps [offset, offset + length) ∩ file; accessible=false gives an empty view. */
-  map(address: bigint, offset: number, length: bigint, accessible: boolean): SimMapping {
+  map(offset: number, length: bigint, accessible: boolean): SimMapping {
+    const span = ((length + BigInt(PAGE) - 1n) / BigInt(PAGE)) * BigInt(PAGE);
+    const address = () => {
+      const a = this.addresses.take(span);
+      if (a === undefined) throw kvmError('ENOMEM', { syscall: 'mmap' }, 'the simulated address space is used up');
+      return a;
+    };
     const viewEnd = Math.min(offset + Number(length), this.size);
-    if (!accessible || viewEnd <= offset) return new SimMapping(address, offset, 0, length, undefined, this);
+    if (!accessible || viewEnd <= offset) return new BufferMapping(address(), offset, 0, length, undefined);
     const end = Math.min(Math.ceil(viewEnd / PAGE) * PAGE, this.size); // windows hold whole pages
     const old = this.#overlapping(offset, end);
+    if (old.length === 1 && old[0]!.start <= offset && end <= old[0]!.end) {
+      const m = new BufferMapping(address(), offset, viewEnd - offset, length, old[0]); // inside one window: shared, nothing copied
+      old[0]!.maps.add(m);
+      return m;
+    }
     const start = Math.min(offset, ...old.map((w) => w.start));
     const stop = Math.max(end, ...old.map((w) => w.end));
     let buffer: ArrayBuffer;
     try {
       buffer = new ArrayBuffer(stop - start);
     } catch {
-      throw new RangeError(`the simulator cannot map ${stop - start} bytes at once`);
+      throw kvmError('ENOMEM', { syscall: 'mmap' }, `the simulator cannot hold ${stop - start} bytes in one buffer (without the native addon, a mapping is an ArrayBuffer)`);
     }
-    for (const w of old) chunks(0, w.end - w.start, (at, n) => new Uint8Array(buffer, w.start - start + at, n).set(new Uint8Array(w.buffer, at, n)));
-    this.#pagesIn(start, stop, (page, data) => {
-      new Uint8Array(buffer, page * PAGE - start, PAGE).set(data);
-      this.#pages.delete(page);
-    });
+    const at = address(); // (taken only once the mapping can be made: a refused one uses none)
+    for (const w of old) chunks(0, w.end - w.start, (p, n) => new Uint8Array(buffer, w.start - start + p, n).set(new Uint8Array(w.buffer, p, n)));
     const win: Window = { start, end: stop, buffer, maps: new Set() };
     for (const w of old) {
       move(w.buffer); // detach: views of the merged windows must be re-taken
@@ -100,105 +251,42 @@ export class FileMemory {
       }
     }
     this.#windows = this.#windows.filter((w) => !old.includes(w)).concat(win).sort((a, b) => a.start - b.start);
-    const m = new SimMapping(address, offset, viewEnd - offset, length, win, this);
+    const m = new BufferMapping(at, offset, viewEnd - offset, length, win);
     win.maps.add(m);
     return m;
   }
 
   unmap(m: SimMapping): void {
-    if (m.unmapped) return;
-    m.unmapped = true;
-    const w = m.window;
-    m.window = undefined;
+    const bm = m as BufferMapping;
+    if (bm.unmapped) return;
+    bm.unmapped = true;
+    const w = bm.window;
+    bm.window = undefined;
     if (!w) return;
-    w.maps.delete(m);
-    if (w.maps.size) {
-      w.buffer = move(w.buffer); // detach this mapping's views; the others re-take theirs
-      return;
-    }
-    // Last mapping of the window: keep the non-zero pages, drop the buffer.
-    const perPage = PAGE / 4;
-    chunks(0, w.end - w.start, (base, n) => {
-      const words = new Int32Array(w.buffer, base, n / 4);
-      for (let p = 0; p < words.length; p += perPage) {
-        for (let i = p; i < p + perPage; i++) {
-          if (words[i] !== 0) {
-            const at = base + p * 4;
-            this.#pages.set((w.start + at) / PAGE, new Uint8Array(w.buffer.slice(at, at + PAGE)));
-            break;
-          }
-        }
-      }
-    });
-    move(w.buffer);
-    this.#windows = this.#windows.filter((x) => x !== w);
+    w.maps.delete(bm);
+    // Detach this mapping's views (zero-copy); the window keeps the contents, for the other
+    // mappings (which take their views again) or as the stored bytes of its range.
+    w.buffer = move(w.buffer);
   }
 
-  /** Calls fn for each stored (unmapped) page in [start, end), by iterating the cheaper side. */
-  #pagesIn(start: number, end: number, fn: (page: number, data: Uint8Array) => void): void {
-    const first = Math.floor(start / PAGE);
-    const last = Math.ceil(end / PAGE);
-    if (last - first <= this.#pages.size) {
-      for (let p = first; p < last; p++) {
-        const d = this.#pages.get(p);
-        if (d) fn(p, d);
-      }
-    } else {
-      for (const [p, d] of [...this.#pages]) if (p >= first && p < last) fn(p, d);
-    }
-  }
-
-  /** Walks [offset, offset + length) in pieces that lie in one window or one page. */
-  #walk(offset: number, length: number, fn: (at: number, n: number, bytes: Uint8Array | undefined, page: number) => void): void {
-    let at = offset;
-    const end = offset + length;
-    while (at < end) {
-      const w = this.#windows.find((x) => x.start <= at && at < x.end);
-      if (w) {
-        const n = Math.min(end, w.end) - at;
-        fn(at, n, new Uint8Array(w.buffer, at - w.start, n), -1);
-        at += n;
-        continue;
-      }
-      const page = Math.floor(at / PAGE);
-      const nextWin = this.#windows.find((x) => x.start > at)?.start ?? Infinity;
-      const n = Math.min(end, (page + 1) * PAGE, nextWin) - at;
-      fn(at, n, undefined, page);
-      at += n;
-    }
-  }
-
-  read(offset: number, out: Uint8Array): void {
-    this.#walk(offset, out.length, (at, n, bytes, page) => {
-      const dst = out.subarray(at - offset, at - offset + n);
-      if (bytes) dst.set(bytes);
-      else {
-        const d = this.#pages.get(page);
-        if (d) dst.set(d.subarray(at - page * PAGE, at - page * PAGE + n));
-        else dst.fill(0);
-      }
-    });
-  }
-
-  write(offset: number, data: Uint8Array): void {
-    this.#walk(offset, data.length, (at, n, bytes, page) => {
-      const src = data.subarray(at - offset, at - offset + n);
-      if (bytes) bytes.set(src);
-      else {
-        let d = this.#pages.get(page);
-        if (!d) this.#pages.set(page, (d = new Uint8Array(PAGE)));
-        d.set(src, at - page * PAGE);
-      }
-    });
-  }
-
-  /** Punch-hole: [offset, offset + length) ∩ file reads as zeros, in every mapping. */
   zero(offset: number, length: number): void {
     const end = Math.min(offset + length, this.size);
     if (end <= offset) return;
     for (const w of this.#overlapping(offset, end)) {
+      if (w.maps.size === 0 && offset <= w.start && w.end <= end) {
+        this.#windows = this.#windows.filter((x) => x !== w); // stored bytes punched whole: dropped
+        continue;
+      }
       chunks(Math.max(offset, w.start) - w.start, Math.min(end, w.end) - w.start, (at, n) => new Uint8Array(w.buffer, at, n).fill(0));
     }
-    this.#pagesIn(offset, end, (p) => this.#pages.delete(p));
+  }
+
+  resize(size: number): void {
+    if (size < this.size) this.zero(size, this.size - size); // (a mapped store only grows: the backend refuses the rest)
+    this.size = size;
+  }
+
+  release(): void {
+    this.#windows = [];
   }
 }

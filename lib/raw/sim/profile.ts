@@ -1,66 +1,230 @@
 /**
- * What the simulated host is: a Linux 6.18 x86-64 KVM host, either the default (one that
- * also offers KVM_X86_SW_PROTECTED_VM: memory attributes, private memory, pre-fault) or one
- * built from a real host's capabilities() so that the simulator answers as that host would.
+ * What the simulated host is. A profile carries what the simulator needs to answer as a
+ * given kernel would: the KVM_CHECK_EXTENSION answers on /dev/kvm and on a VM of each type,
+ * and the answers that no capability reveals (whether KVM_SET_MEMORY_ATTRIBUTES exists, the
+ * guest-physical address width, the user address limit, the pre-fault answer of a VM without
+ * memslots). measureProfile() takes them from a real host through any RawBackend;
+ * `kvm-gmem caps --json` prints one (also inside the lab, for each kernel the suite runs on),
+ * and profiles/ holds those the project measured.
  */
-import type { Capabilities } from '../../capabilities.js';
-import { MAX_GFN_52 } from '../../rules/memslot.js';
-import { GuestMemfdFlag, VmType } from '../constants.js';
+import type { ErrnoCode } from '../../errors.js';
+import { Cap, VmType, vmTypeName } from '../constants.js';
+import type { Handle, RawBackend } from '../types.js';
+
+/** KVM_CHECK_EXTENSION answers by capability number; a capability not listed answers 0. */
+export type CapTable = Readonly<Record<number, number>>;
 
 export interface SimProfile {
+  /** Where it was measured ('debian 7.2.13+deb14-amd64', 'builtin'). */
   name: string;
-  /** KVM_CAP_VM_TYPES bitmask (BIT(type)). */
-  vmTypes: number;
-  /** CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES: without it KVM_SET_MEMORY_ATTRIBUTES is ENOTTY. */
-  memoryAttributes: boolean;
-  /** KVM_CAP_PRE_FAULT_MEMORY (x86: TDP enabled). */
-  preFaultMemory: boolean;
-  memoryFaultInfo: boolean;
-  /** kvm_arch_nr_memslot_as_ids: 2 with SMM, else 1. */
-  addressSpaces: number;
-  /** Guest_memfd flags of a VM without private memory (sys scope too). */
-  guestMemfdFlags: bigint;
+  /** uname -r of the host, when measured on one. */
+  release?: string | undefined;
+  /** Answers on /dev/kvm ('system') and on a VM of each type the host creates (by type number). */
+  caps: { system: CapTable; vm: Readonly<Record<number, CapTable>> };
+  /** KVM_SET_MEMORY_ATTRIBUTES exists (CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES); ENOTTY otherwise. */
+  memoryAttributesIoctl: boolean;
+  /** Guest-physical address bits: a memslot must end below 2^bits (kvm_mmu_max_gfn()). */
+  guestPhysAddrBits: number;
   /** Highest end of a user address range (access_ok): TASK_SIZE_MAX. */
   userAddressMax: bigint;
-  /** KVM_GET_VCPU_MMAP_SIZE */
+  /** KVM_GET_VCPU_MMAP_SIZE. */
   vcpuMmapSize: number;
-  /** kvm_mmu_max_gfn(): the highest guest frame a memslot may reach. */
-  maxGfn: bigint;
+  /**
+   * KVM_PRE_FAULT_MEMORY on a default VM that never had a memslot, when the host cannot
+   * pre-fault (no KVM_CAP_PRE_FAULT_MEMORY): the errno it gives then (the 6.18 PVM host:
+   * ENOSPC; EOPNOTSUPP once a memslot exists).
+   */
+  preFaultWithoutSlots?: ErrnoCode | undefined;
 }
+
+/** Capability numbers a profile measures: every one up to here (the kernel's list ends near 250). */
+export const MAX_PROBED_CAP = 320;
 
 const bit = (t: number) => 1 << t;
 
 /** VM types with private memory (kvm_arch_has_private_mem). */
 export const PRIVATE_MEM_TYPES = bit(VmType['sw-protected']) | bit(VmType.snp) | bit(VmType.tdx);
-/** VM types with protected state (no readonly memslots). */
-export const PROTECTED_STATE_TYPES = bit(VmType['sev-es']) | bit(VmType.snp) | bit(VmType.tdx);
 
-/** The default simulated host: 6.18 with KVM_X86_SW_PROTECTED_VM. */
+/** The capability table of `scope`: a VM type number, or 'system'. */
+export function capsOf(p: SimProfile, scope: number | 'system'): CapTable {
+  return scope === 'system' ? p.caps.system : (p.caps.vm[scope] ?? {});
+}
+
+export function capOf(p: SimProfile, scope: number | 'system', cap: number): number {
+  return capsOf(p, scope)[cap] ?? 0;
+}
+
+/**
+ * The default simulated host: Linux 6.18 or later on x86-64 with KVM_X86_SW_PROTECTED_VM,
+ * answering as the lab's sw-protected 7.2 kernel does (profiles/linux-7.2-sw-protected.json),
+ * except that it has no SMM address space and the 52-bit guest-physical width of a large host.
+ */
+const common = {
+  [Cap.USER_MEMORY]: 1, [Cap.NR_MEMSLOTS]: 32764, [Cap.READONLY_MEM]: 1, [Cap.USER_MEMORY2]: 1,
+  [Cap.MEMORY_FAULT_INFO]: 1, [Cap.GUEST_MEMFD]: 1, [Cap.VM_TYPES]: bit(VmType.default) | bit(VmType['sw-protected']),
+  [Cap.PRE_FAULT_MEMORY]: 1, [Cap.MAX_VCPUS]: 4096, [Cap.MAX_VCPU_ID]: 4096,
+};
 export const defaultProfile: SimProfile = {
-  name: 'linux-6.18-sw-protected',
-  vmTypes: bit(VmType.default) | bit(VmType['sw-protected']),
-  memoryAttributes: true,
-  preFaultMemory: true,
-  memoryFaultInfo: true,
-  addressSpaces: 1,
-  guestMemfdFlags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED,
+  name: 'builtin: 6.18+ with KVM_X86_SW_PROTECTED_VM',
+  caps: {
+    system: { ...common, [Cap.MEMORY_ATTRIBUTES]: 8, [Cap.GUEST_MEMFD_FLAGS]: 3 },
+    vm: {
+      [VmType.default]: { ...common, [Cap.GUEST_MEMFD_FLAGS]: 3 },
+      [VmType['sw-protected']]: { ...common, [Cap.MEMORY_ATTRIBUTES]: 8, [Cap.GUEST_MEMFD_FLAGS]: 1 },
+    },
+  },
+  memoryAttributesIoctl: true,
+  guestPhysAddrBits: 52,
   userAddressMax: 0x7ffffffff000n,
   vcpuMmapSize: 12288,
-  maxGfn: MAX_GFN_52,
 };
 
-/** A profile that answers as the host whose capabilities() these are. */
-export function profileFromCapabilities(c: Capabilities, name = 'host'): SimProfile {
+// ---- measuring a host -------------------------------------------------------------------
+
+function codeOf(e: unknown): ErrnoCode | undefined {
+  return (e as { code?: ErrnoCode })?.code;
+}
+
+/** Runs fn and returns undefined on success, else the errno code it threw. */
+function outcome(fn: () => unknown): ErrnoCode | undefined {
+  try {
+    fn();
+    return undefined;
+  } catch (e) {
+    const code = codeOf(e);
+    if (!code) throw e;
+    return code;
+  }
+}
+
+function capTable(raw: RawBackend, fd: Handle): CapTable {
+  const t: Record<number, number> = {};
+  for (let cap = 0; cap <= MAX_PROBED_CAP; cap++) {
+    const v = outcome(() => (t[cap] = raw.checkExtension(fd, cap)));
+    if (v !== undefined || t[cap] === 0) delete t[cap];
+  }
+  return t;
+}
+
+/**
+ * Measures the host behind `raw` (opened as `sysFd`): capabilities on /dev/kvm and on a VM of
+ * each type, and the few answers capabilities do not give, by trying them (memslots are
+ * added and deleted on a throwaway VM).
+ */
+export function measureProfile(raw: RawBackend, sysFd: Handle, name: string, release?: string): SimProfile {
+  const system = capTable(raw, sysFd);
+  const types = system[Cap.VM_TYPES] ?? bit(VmType.default);
+  const vm: Record<number, CapTable> = {};
+  for (let t = 0; t < 32; t++) {
+    if (!(types & bit(t))) continue;
+    const fd = raw.createVm(sysFd, t);
+    try {
+      vm[t] = capTable(raw, fd);
+    } finally {
+      raw.close(fd);
+    }
+  }
+  const page = BigInt(raw.pageSize);
+  const fd = raw.createVm(sysFd, VmType.default);
+  try {
+    const slot = (gpa: bigint, uaddr: bigint) =>
+      outcome(() => {
+        raw.setUserMemoryRegion(fd, { slot: 0, guestPhysAddr: gpa, memorySize: page, userspaceAddr: uaddr });
+        raw.setUserMemoryRegion(fd, { slot: 0, guestPhysAddr: gpa, memorySize: 0 });
+      });
+    // Pre-fault first, while this VM never had a memslot.
+    let preFaultWithoutSlots: ErrnoCode | undefined;
+    if (!vm[VmType.default]?.[Cap.PRE_FAULT_MEMORY]) {
+      const cpu = raw.createVcpu(fd, 0);
+      try {
+        preFaultWithoutSlots = outcome(() => raw.preFaultMemory(cpu, { gpa: 0, size: page }));
+      } finally {
+        raw.close(cpu);
+      }
+    }
+    // The highest bit count b for which a page just below 2^b is accepted.
+    let guestPhysAddrBits = 32;
+    for (let b = 57; b > 32; b--) {
+      if (slot((1n << BigInt(b)) - page, 0n) === undefined) {
+        guestPhysAddrBits = b;
+        break;
+      }
+    }
+    // TASK_SIZE_MAX: 5-level paging, else 4-level.
+    const userAddressMax = [(1n << 56n) - page, (1n << 47n) - page].find((end) => slot(0n, end - page) === undefined) ?? (1n << 47n) - page;
+    const attrs = outcome(() => raw.setMemoryAttributes(fd, { address: 0, size: page, attributes: 0, flags: 1 }));
+    return {
+      name,
+      release,
+      caps: { system, vm },
+      memoryAttributesIoctl: attrs !== 'ENOTTY',
+      guestPhysAddrBits,
+      userAddressMax,
+      vcpuMmapSize: raw.getVcpuMmapSize(sysFd),
+      ...(preFaultWithoutSlots ? { preFaultWithoutSlots } : {}),
+    };
+  } finally {
+    raw.close(fd);
+  }
+}
+
+// ---- JSON -------------------------------------------------------------------------------
+
+/** The profile as JSON data: VM types by name, bigints as hex strings. */
+export function profileToJSON(p: SimProfile): object {
+  const vm: Record<string, CapTable> = {};
+  for (const [t, table] of Object.entries(p.caps.vm)) vm[vmTypeName(Number(t)) ?? t] = table;
   return {
-    name,
-    vmTypes: c.vmTypesMask || bit(VmType.default),
-    memoryAttributes: c.systemMemoryAttributes !== 0n,
-    preFaultMemory: c.preFaultMemory,
-    memoryFaultInfo: c.memoryFaultInfo,
-    addressSpaces: c.addressSpaces,
-    guestMemfdFlags: c.guestMemfdFlags.raw | (c.systemGuestMemfdFlags ?? 0n),
-    userAddressMax: defaultProfile.userAddressMax,
-    vcpuMmapSize: defaultProfile.vcpuMmapSize,
-    maxGfn: defaultProfile.maxGfn,
+    name: p.name,
+    ...(p.release ? { release: p.release } : {}),
+    caps: { system: p.caps.system, vm },
+    memoryAttributesIoctl: p.memoryAttributesIoctl,
+    guestPhysAddrBits: p.guestPhysAddrBits,
+    userAddressMax: `0x${p.userAddressMax.toString(16)}`,
+    vcpuMmapSize: p.vcpuMmapSize,
+    ...(p.preFaultWithoutSlots ? { preFaultWithoutSlots: p.preFaultWithoutSlots } : {}),
+  };
+}
+
+/**
+ * A profile from JSON data (profileToJSON's output, or `kvm-gmem caps --json` output, which
+ * holds one under "profile"). Throws a TypeError naming what is missing or malformed.
+ */
+export function profileFromJSON(data: unknown): SimProfile {
+  const o = (data && typeof data === 'object' && 'profile' in data ? (data as { profile: unknown }).profile : data) as Record<string, unknown>;
+  const need = (ok: boolean, what: string) => {
+    if (!ok) throw new TypeError(`not a kvm-gmem profile: ${what}`);
+  };
+  need(!!o && typeof o === 'object', 'expected an object');
+  const caps = o.caps as { system?: unknown; vm?: Record<string, unknown> } | undefined;
+  need(!!caps && typeof caps.system === 'object' && typeof caps.vm === 'object', 'caps.system and caps.vm are required');
+  const table = (t: unknown, where: string): CapTable => {
+    need(!!t && typeof t === 'object', `${where} must be an object`);
+    const out: Record<number, number> = {};
+    for (const [k, v] of Object.entries(t as object)) {
+      need(/^\d+$/.test(k) && Number.isInteger(v), `${where}.${k} must map a capability number to an integer`);
+      out[Number(k)] = v as number;
+    }
+    return out;
+  };
+  const vm: Record<number, CapTable> = {};
+  for (const [k, t] of Object.entries(caps!.vm!)) {
+    const type = /^\d+$/.test(k) ? Number(k) : (VmType as Record<string, number>)[k];
+    need(type !== undefined && Object.hasOwn(VmType, k) || /^\d+$/.test(k), `unknown VM type '${k}' in caps.vm`);
+    vm[type!] = table(t, `caps.vm.${k}`);
+  }
+  need(typeof o.memoryAttributesIoctl === 'boolean', 'memoryAttributesIoctl must be a boolean');
+  need(Number.isInteger(o.guestPhysAddrBits) && (o.guestPhysAddrBits as number) >= 32 && (o.guestPhysAddrBits as number) <= 64, 'guestPhysAddrBits must be an integer in [32, 64]');
+  need(typeof o.userAddressMax === 'string' && /^0x[0-9a-f]+$/i.test(o.userAddressMax), 'userAddressMax must be a hex string');
+  need(Number.isInteger(o.vcpuMmapSize), 'vcpuMmapSize must be an integer');
+  return {
+    name: typeof o.name === 'string' ? o.name : 'profile',
+    release: typeof o.release === 'string' ? o.release : undefined,
+    caps: { system: table(caps!.system, 'caps.system'), vm },
+    memoryAttributesIoctl: o.memoryAttributesIoctl as boolean,
+    guestPhysAddrBits: o.guestPhysAddrBits as number,
+    userAddressMax: BigInt(o.userAddressMax as string),
+    vcpuMmapSize: o.vcpuMmapSize as number,
+    preFaultWithoutSlots: typeof o.preFaultWithoutSlots === 'string' ? (o.preFaultWithoutSlots as ErrnoCode) : undefined,
   };
 }
