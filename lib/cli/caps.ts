@@ -1,5 +1,6 @@
 import type { Kvm } from '../index.js';
 import { Cap } from '../raw/constants.js';
+import { profileToJSON } from '../raw/sim/index.js';
 
 const yes = (b: boolean) => (b ? 'yes' : 'no');
 
@@ -7,7 +8,8 @@ export function caps(kvm: Kvm, opts: { json: boolean }, out: (s: string) => void
   const c = kvm.capabilities();
   const backend = { backend: kvm.backend, fallbackReason: kvm.fallbackReason ?? null, apiVersion: kvm.apiVersion, pageSize: kvm.pageSize };
   if (opts.json) {
-    out(JSON.stringify({ ...backend, capabilities: c }, (_k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2) + '\n');
+    const profile = profileToJSON(kvm.profile());
+    out(JSON.stringify({ ...backend, capabilities: c, profile }, (_k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2) + '\n');
     return 0;
   }
   const rows: [string, string, string][] = [
