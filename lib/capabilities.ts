@@ -1,4 +1,4 @@
-import { Cap, GuestMemfdFlag, MemoryAttribute, VmType, type VmTypeName } from './raw/constants.js';
+import { Cap, decodeVmTypes, GuestMemfdFlag, MemoryAttribute, type VmTypeName } from './base/uapi.js';
 import type { Handle, RawBackend } from './raw/types.js';
 
 /** What a KVM host (or one VM type on it) supports, decoded from KVM_CHECK_EXTENSION. */
@@ -27,14 +27,6 @@ export interface Capabilities {
   addressSpaces: number;
   /** KVM_CAP_NR_MEMSLOTS: user memslots per address space. */
   maxMemslots: number;
-}
-
-export function decodeVmTypes(mask: number): (VmTypeName | number)[] {
-  const out: (VmTypeName | number)[] = [];
-  for (let t = 0; t < 32; t++) {
-    if (mask & (1 << t)) out.push((Object.keys(VmType) as VmTypeName[]).find((k) => VmType[k] === t) ?? t);
-  }
-  return out;
 }
 
 /** Reads the capabilities: system-wide ones on `sysFd`, VM-dependent ones on `vmFd` if given. */

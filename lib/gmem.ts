@@ -1,13 +1,19 @@
-import { kvmError } from './errors.js';
-import { Children } from './lifetime.js';
-import { Mapping } from './mapping.js';
+import { checkU64, hex, toOptions, toU64, type U64 } from './base/args.js';
+import { kvmError } from './base/errors.js';
+import { Falloc, GuestMemfdFlag, MapFlag, Prot } from './base/uapi.js';
+import { checkToken, CREATE, type VmContext } from './context.js';
+import type { ChildResources } from './lifetime.js';
+import { Mapping, releaseMapping } from './mapping.js';
 import type { GuestRange } from './memslots.js';
-import { Falloc, GuestMemfdFlag, Map as MapFlag, Prot } from './raw/constants.js';
-import type { Handle, RawBackend, RawMapping, RawStat } from './raw/types.js';
-import { checkFallocate } from './rules/gmem.js';
-import { violationError } from './rules/types.js';
-import { checkU64, hex, toOptions, toU64, type U64 } from './u64.js';
+import type { Handle, RawMapping, RawStat } from './raw/types.js';
+import { checkFallocate } from './rules/fallocate.js';
+import { explainRefusal } from './rules/types.js';
 import type { Vm } from './vm.js';
+
+/** Whether `x` is a GuestMemfd the library made. */
+export let isGuestMemfd: (x: unknown) => x is GuestMemfd;
+/** Closes `g` as part of its VM's close: never refused (mappings memslots use stay mapped). */
+export let releaseGuestMemfd: (g: GuestMemfd) => void;
 
 /**
  * A guest_memfd: a file of guest memory created by KVM_CREATE_GUEST_MEMFD on a VM. It can
@@ -20,23 +26,28 @@ export class GuestMemfd {
   readonly size: bigint;
   /** Creation flags (GUEST_MEMFD_FLAG_*). */
   readonly flags: bigint;
-  #raw: RawBackend;
+  #ctx: VmContext;
   #fd: Handle;
   #closed = false;
-  #mappings = new Children<Mapping>();
-  /** The raw mappings of #mappings, for the finalizer (which must not reach the Mapping objects). */
-  #rawMappings = new Set<RawMapping>();
-  /** Mappings made for slots that were given no `userspace` (unmapped with their last slot). */
-  #own = new Set<Mapping>();
+  #mappings = new Set<Mapping>();
+  /** The fd and raw mappings, for the VM's finalizer (which must not reach this object). */
+  #resources: ChildResources;
 
-  /** @internal use Vm.createGuestMemfd() */
-  constructor(vm: Vm, raw: RawBackend, fd: Handle, size: bigint, flags: bigint) {
-    this.vm = vm;
-    this.#raw = raw;
+  /** @hidden made by Vm.createGuestMemfd() */
+  constructor(token: symbol, ctx: VmContext, fd: Handle, size: bigint, flags: bigint) {
+    checkToken(token, 'GuestMemfd', 'Vm.createGuestMemfd()');
+    this.vm = ctx.vm;
+    this.#ctx = ctx;
     this.#fd = fd;
     this.size = size;
     this.flags = flags;
-    vm._adopt(fd, this.#rawMappings); // (released by the VM's finalizer if both are dropped)
+    this.#resources = { fd, mappings: new Set() };
+    ctx.adopt(this, this.#resources);
+  }
+
+  static {
+    isGuestMemfd = (x: unknown): x is GuestMemfd => typeof x === 'object' && x !== null && #fd in x;
+    releaseGuestMemfd = (g: GuestMemfd) => g.#release();
   }
 
   get fd(): Handle {
@@ -63,19 +74,17 @@ export class GuestMemfd {
     this.#check('fallocate');
     const off = checkU64(offset, 'offset');
     const len = checkU64(length, 'length');
+    const raw = this.#ctx.raw;
     try {
-      this.#raw.fallocate(this.#fd, mode, off, len);
+      raw.fallocate(this.#fd, mode, off, len);
     } catch (e) {
-      // Explain the kernel's refusal with the rule it applied (same code; kernel errno kept).
-      const v = checkFallocate(mode, BigInt(off), BigInt(len), { kind: 'gmem', size: this.size }, BigInt(this.#raw.pageSize));
-      if (v && (e as { code?: string }).code === v.code) throw violationError(v, { syscall: 'fallocate' });
-      throw e;
+      throw explainRefusal(e, () => checkFallocate(mode, BigInt(off), BigInt(len), { kind: 'gmem', size: this.size }, BigInt(raw.pageSize)), { syscall: 'fallocate' });
     }
     return [off, len];
   }
 
   /** fallocate(FALLOC_FL_KEEP_SIZE): allocates [offset, offset + length). */
-  allocate(offset: bigint | number, length: bigint | number): void {
+  allocate(offset: U64, length: U64): void {
     this.#fallocate(Falloc.KEEP_SIZE, offset, length);
   }
 
@@ -85,13 +94,14 @@ export class GuestMemfd {
    * (one per memslot bound to an overlapping file range, clamped at both ends); the VM also
    * emits them as an 'invalidate' event.
    */
-  punchHole(offset: bigint | number, length: bigint | number): GuestRange[] {
+  punchHole(offset: U64, length: U64): GuestRange[] {
     const [off, len] = this.#fallocate(Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, offset, length);
-    if (!this.vm.memslots._binds(this)) return [];
+    const books = this.#ctx.books;
+    if (!books.binds(this)) return [];
     const start = BigInt(off);
     const bytes = BigInt(len);
-    const ranges = this.vm.memslots.guestRanges(this, start, start + bytes);
-    if (ranges.length) this.vm.emit('invalidate', { guestMemfd: this, offset: start, length: bytes, ranges });
+    const ranges = books.rangesOf(this, start, start + bytes);
+    if (ranges.length) this.#ctx.emit('invalidate', { guestMemfd: this, offset: start, length: bytes, ranges });
     return ranges;
   }
 
@@ -100,71 +110,66 @@ export class GuestMemfd {
    * are not host-accessible (no initShared: a touch would SIGBUS) and past the file's end.
    * A gmem created without mmap gets the kernel's ENODEV.
    */
-  map(opts?: { offset?: bigint | number; length?: bigint | number }): Mapping {
+  map(opts?: { offset?: U64; length?: U64 }): Mapping {
     this.#check('mmap');
     const options = toOptions(opts, 'map options');
-    const offset = options.offset === undefined ? 0n : toU64(options.offset, 'offset');
-    const length = options.length === undefined ? (offset < this.size ? this.size - offset : 0n) : toU64(options.length, 'length');
+    const optOffset = options.offset;
+    const optLength = options.length;
+    const offset = optOffset === undefined ? 0n : toU64(optOffset, 'offset');
+    const length = optLength === undefined ? (offset < this.size ? this.size - offset : 0n) : toU64(optLength, 'length');
     if (offset + length > this.size) {
       throw new RangeError(`map [${hex(offset)}, ${hex(offset + length)}) extends past the end of the guest_memfd (${hex(this.size)}); bytes there would fault`);
     }
     if (this.mmapable && !this.initShared) {
       throw kvmError('EFAULT', { syscall: 'mmap' }, 'this guest_memfd was created without initShared: its pages are private to the guest and any host access would fault');
     }
-    const raw = this.#raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
-    const m = new Mapping(this, this.#raw, raw, offset, length);
+    const raw = this.#ctx.raw;
+    const mapping = raw.mmap(this.#fd, length, offset, Prot.READ | Prot.WRITE, MapFlag.SHARED);
+    const m = new Mapping(CREATE, { owner: this.#owner, raw, mapping, source: 'guest_memfd', offset, length, guestMemfd: this });
     this.#mappings.add(m);
-    this.#rawMappings.add(raw);
+    this.#resources.mappings.add(mapping);
     return m;
   }
 
-  /**
-   * @internal The gmem's own mapping of [offset, offset + size), a slot's userspace memory
-   * when none is given: an existing one that covers the range, else a new one of exactly
-   * that range (never the whole file: a simulated terabyte file cannot be mapped whole).
-   */
-  _ownMapping(offset: bigint, size: bigint): { mapping: Mapping; created: boolean } {
-    for (const m of this.#own) if (m.offset <= offset && offset + size <= m.offset + m.length) return { mapping: m, created: false };
-    const mapping = this.map({ offset, length: size });
-    this.#own.add(mapping);
-    return { mapping, created: true };
-  }
-
-  /** @internal A slot stopped using `m`: unmap it if it was made for slots and none is left. */
-  _releaseOwn(m: Mapping): void {
-    if (this.#own.has(m) && m.slots.length === 0) m.close();
-  }
-
-  /** @internal a Mapping was unmapped */
-  _forget(m: Mapping, raw: RawMapping): void {
-    this.#mappings.delete(m);
-    this.#rawMappings.delete(raw);
-    this.#own.delete(m);
-  }
+  /** What this gmem's mappings report their unmap to. */
+  #owner = {
+    forget: (m: Mapping, mapping: RawMapping) => {
+      this.#mappings.delete(m);
+      this.#resources.mappings.delete(mapping);
+    },
+  };
 
   /** fstat(2) of the file. */
   stat(): RawStat {
     this.#check('fstat');
-    return this.#raw.fstat(this.#fd);
+    return this.#ctx.raw.fstat(this.#fd);
   }
 
   /**
-   * Unmaps its mappings and closes the fd (idempotent). Refused with EBUSY while one of its
-   * mappings is a memslot's memory. Slots bound with no host mapping may outlive the file, as
-   * in the kernel (a guest access there then exits with a memory fault).
+   * Unmaps its mappings and closes the fd (idempotent). Refused with EBUSY, changing
+   * nothing, while one of its mappings is a memslot's memory. Slots bound with no host
+   * mapping may outlive the file, as in the kernel (a guest access there then exits with a
+   * memory fault).
    */
   close(): void {
     if (this.#closed) return;
-    const pinned = this.#mappings.live().flatMap((m) => m.slots);
+    const pinned = [...this.#mappings].flatMap((m) => m.slots);
     if (pinned.length) {
       throw kvmError('EBUSY', { syscall: 'close' }, `guest_memfd memory is in use by memslot ${pinned.map((s) => s.id).join(', ')}; delete the slot first`, {
         conflict: { slot: pinned[0]!.id, asId: pinned[0]!.asId },
       });
     }
-    for (const m of this.#mappings.live()) m.close();
+    this.#release();
+  }
+
+  #release(): void {
+    if (this.#closed) return;
     this.#closed = true;
-    this.vm._forgetGmem(this, this.#fd);
-    this.#raw.close(this.#fd);
+    // Unmapped, except what memslots of another VM use: that stays mapped, on a finalizer of
+    // its own, until its last slot goes.
+    for (const m of [...this.#mappings]) releaseMapping(m);
+    this.#ctx.forget(this);
+    this.#ctx.raw.close(this.#fd);
   }
 
   [Symbol.dispose](): void {

@@ -1,14 +1,15 @@
-import { readCapabilities, type Capabilities } from './capabilities.js';
-import { SimBackend, defaultProfile, measureProfile, type SimProfile } from './raw/sim/index.js';
-import { loadProfile, type ProfileSource } from './profiles.js';
 import { release } from 'node:os';
-import { traced } from './debug.js';
-import { KvmError, kvmError } from './errors.js';
-import { track, untrack } from './lifetime.js';
-import { VmType, type VmTypeName } from './raw/constants.js';
+import { toBool, toInt, toOptions, typeName } from './base/args.js';
+import { KvmError, kvmError } from './base/errors.js';
+import { isVmTypeName, VmType, type VmTypeName } from './base/uapi.js';
+import { readCapabilities, type Capabilities } from './capabilities.js';
+import { checkToken, CREATE } from './context.js';
+import { onCollect, SystemHandle, unregister } from './lifetime.js';
+import { loadProfile, type ProfileSource } from './profiles.js';
 import { nativeBackend } from './raw/native.js';
+import { SimBackend, defaultProfile, measureProfile, type SimProfile } from './raw/sim/index.js';
+import { traced } from './raw/trace.js';
 import type { Handle, RawBackend } from './raw/types.js';
-import { toBool, toInt, toOptions, typeName } from './u64.js';
 import { Vm } from './vm.js';
 
 export type BackendName = 'auto' | 'kvm' | 'simulated';
@@ -52,30 +53,40 @@ export class Kvm {
   readonly path: string;
   /** KVM_GET_API_VERSION (12). */
   readonly apiVersion: number;
+  /** The raw backend, to hand the kernel deliberately bad values (see `raw` in the README). */
   readonly raw: RawBackend;
+  /** Whether VMs check the books before asking the kernel (openKvm's `precheck`). */
   readonly precheck: boolean;
-  #fd: Handle;
+  #system: SystemHandle;
   #closed = false;
 
-  /** @internal use openKvm() */
-  constructor(raw: RawBackend, fd: Handle, path: string, precheck: boolean, fallbackReason?: string) {
+  /** @hidden made by openKvm() */
+  constructor(token: symbol, raw: RawBackend, fd: Handle, path: string, precheck: boolean, fallbackReason?: string) {
+    checkToken(token, 'Kvm', 'openKvm()');
     this.raw = raw;
     this.backend = raw.kind;
-    this.#fd = fd;
     this.path = path;
     this.precheck = precheck;
     this.fallbackReason = fallbackReason;
-    this.apiVersion = raw.getApiVersion(fd);
-    track(this, raw, fd);
+    const system = (this.#system = new SystemHandle(raw, fd));
+    try {
+      this.apiVersion = raw.getApiVersion(fd);
+    } catch (e) {
+      raw.close(fd);
+      throw e;
+    }
+    onCollect(this, () => system.release());
   }
 
+  /** The /dev/kvm fd (or simulated handle). */
   get fd(): Handle {
     if (this.#closed) throw kvmError('EBADF', { syscall: 'ioctl' }, `${this.path} is closed`);
-    return this.#fd;
+    return this.#system.fd;
   }
   get closed(): boolean {
     return this.#closed;
   }
+  /** The host's page size. */
   get pageSize(): number {
     return this.raw.pageSize;
   }
@@ -92,7 +103,8 @@ export class Kvm {
   capabilities(options?: { vmType?: VmTypeName | number }): Capabilities {
     const fd = this.fd;
     const opts = toOptions(options, 'capabilities options');
-    const type = resolveVmType(opts.vmType === undefined ? 'default' : opts.vmType);
+    const vmType = opts.vmType;
+    const type = resolveVmType(vmType === undefined ? 'default' : vmType);
     let vmFd: Handle | undefined;
     try {
       vmFd = this.raw.createVm(fd, type);
@@ -100,7 +112,7 @@ export class Kvm {
       if (!(e instanceof KvmError)) throw e;
     }
     try {
-      return readCapabilities(this.raw, fd, vmFd, vmFd === undefined ? 'system' : (opts.vmType ?? 'default'));
+      return readCapabilities(this.raw, fd, vmFd, vmFd === undefined ? 'system' : (vmType ?? 'default'));
     } finally {
       if (vmFd !== undefined) this.raw.close(vmFd);
     }
@@ -117,19 +129,28 @@ export class Kvm {
     return measureProfile(this.raw, fd, `linux ${release()}`, release());
   }
 
-  /** KVM_CREATE_VM. */
+  /** KVM_CREATE_VM. The VM stays usable after this Kvm is closed. */
   createVm(options?: VmOptions): Vm {
     const opts = toOptions(options, 'VM options');
-    const type = resolveVmType(opts.type === undefined ? 'default' : opts.type);
-    return new Vm(this, this.raw, this.raw.createVm(this.fd, type), type, this.precheck);
+    const vmType = opts.type;
+    const type = resolveVmType(vmType === undefined ? 'default' : vmType);
+    const vmFd = this.raw.createVm(this.fd, type);
+    this.#system.acquire();
+    try {
+      return new Vm(CREATE, this, this.raw, this.#system, vmFd, type, this.precheck);
+    } catch (e) {
+      this.raw.close(vmFd);
+      this.#system.release();
+      throw e;
+    }
   }
 
-  /** Closes the /dev/kvm handle (idempotent). VMs stay usable until closed themselves. */
+  /** Closes the /dev/kvm handle (idempotent); it stays open underneath while a VM needs it. */
   close(): void {
     if (this.#closed) return;
-    untrack(this);
     this.#closed = true;
-    this.raw.close(this.#fd);
+    unregister(this);
+    this.#system.release();
   }
 
   [Symbol.dispose](): void {
@@ -139,8 +160,8 @@ export class Kvm {
 
 export function resolveVmType(type: unknown): number {
   if (typeof type === 'string') {
-    if (!(type in VmType)) throw new RangeError(`unknown VM type '${type}' (known: ${Object.keys(VmType).join(', ')})`);
-    return VmType[type as VmTypeName];
+    if (!isVmTypeName(type)) throw new RangeError(`unknown VM type '${type}' (known: ${Object.keys(VmType).join(', ')})`);
+    return VmType[type];
   }
   return toInt(type, 'type', 0, 2 ** 32 - 1);
 }
@@ -170,11 +191,11 @@ export function openKvm(opts?: OpenKvmOptions): Kvm {
   if (typeof requested !== 'string') throw new TypeError(`backend must be a string, got ${typeName(requested)}`);
   if (!BACKENDS.includes(requested)) throw new RangeError(`backend must be one of ${BACKENDS.join(', ')}, got ${String(requested)}`);
 
-  if (options.raw) return new Kvm(options.raw, options.raw.open(path), path, precheck);
+  if (options.raw) return new Kvm(CREATE, options.raw, options.raw.open(path), path, precheck);
   const simulated = (reason?: string) => {
     const source = options.profile ?? (process.env.KVM_GMEM_PROFILE || undefined);
     const sim = traced(new SimBackend(source === undefined ? defaultProfile : loadProfile(source)));
-    return new Kvm(sim, sim.open(path), path, precheck, reason);
+    return new Kvm(CREATE, sim, sim.open(path), path, precheck, reason);
   };
   if (requested === 'simulated') return simulated();
   let raw: RawBackend;
@@ -185,7 +206,7 @@ export function openKvm(opts?: OpenKvmOptions): Kvm {
     return simulated(`no native addon: ${(e as Error).message.split('\n')[0]}`);
   }
   try {
-    return new Kvm(raw, raw.open(path), path, precheck);
+    return new Kvm(CREATE, raw, raw.open(path), path, precheck);
   } catch (e) {
     if (!(e instanceof KvmError)) throw e;
     if (requested === 'kvm') throw deviceError(e, path);

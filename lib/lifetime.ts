@@ -1,9 +1,14 @@
 /**
- * Closes what the program dropped without close(). The release callback captures only the
- * backend and the handle, never the owner, so the owner can be collected.
+ * Lifetimes: what is released when an object is collected without close(), and the /dev/kvm
+ * handle that stays open while any VM needs it.
+ *
+ * A VM registers one finalizer for itself and everything it owns (its gmems' fds and mappings,
+ * its vCPUs, its shared memory): one registration per VM rather than one per object. The
+ * children are held by the VM, so they are collected only with it. The release closures
+ * capture the raw backend and handles, never the owners, so the owners can be collected.
  */
-import { log } from './debug.js';
-import type { RawMapping } from './raw/types.js';
+import { log } from './base/log.js';
+import type { Handle, RawBackend, RawMapping } from './raw/types.js';
 
 /** Runs one release; a failure is logged (NODE_DEBUG=kvm-gmem), never thrown from a finalizer. */
 function attempt(release: () => void): void {
@@ -16,57 +21,62 @@ function attempt(release: () => void): void {
 
 const registry = new FinalizationRegistry<() => void>(attempt);
 
-/**
- * Closes `fd` when `owner` is collected; `untrack(owner)` cancels it. The closure is made
- * here, not in the owner's constructor: a closure made there would share the constructor's
- * context, which holds `this` whenever any other closure in it uses `this`, and the owner
- * would never be collected.
- */
-export function track(owner: object, raw: { close(fd: number): void }, fd: number): void {
-  registry.register(owner, () => raw.close(fd), owner);
+/** Runs `release` when `owner` is collected; unregister(owner) cancels it. */
+export function onCollect(owner: object, release: () => void): void {
+  registry.register(owner, release, owner);
 }
 
-/**
- * The raw resources of an owner's children: each child's fd, with the mappings to unmap
- * before it closes. A child is held by its owner (Children below), so it is collected only
- * with its owner, whose finalizer releases them all: one registration per VM rather than one
- * per gmem, vCPU and mapping. (In a create+close loop a registration costs ~0.4 us, about a
- * tenth of the ioctl; a Map entry a tenth of that.)
- */
-export type ChildHandles = Map<number, Set<RawMapping>>;
-
-/**
- * Closes `fd`, and first every child in `children` (its mappings, then its fd), when `owner`
- * is collected; untrack(owner) cancels it. Children that close normally leave `children`.
- */
-export function trackWithChildren(
-  owner: object,
-  raw: { close(fd: number): void; munmap(m: RawMapping): void },
-  fd: number,
-  children: ChildHandles,
-): void {
-  registry.register(owner, () => {
-    for (const [child, mappings] of children) {
-      for (const m of mappings) attempt(() => raw.munmap(m));
-      attempt(() => raw.close(child));
-    }
-    raw.close(fd);
-  }, owner);
-}
-
-export function untrack(owner: object): void {
+export function unregister(owner: object): void {
   registry.unregister(owner);
 }
 
+/** The raw resources of one child: its mappings (unmapped first) and its fd, if it has one. */
+export interface ChildResources {
+  fd?: Handle;
+  mappings: Set<RawMapping>;
+}
+
 /**
- * The children an owner closes with itself (a VM's gmems and vCPUs, a gmem's mappings). Held
- * strongly: a child belongs to its parent, so a child dropped alone is released when its
- * parent closes (or is collected). No WeakRef: V8 takes ~1 us to make one, more than the
- * ioctl it would wrap.
+ * The raw resources of a VM's children, keyed by child, as the VM's finalizer releases them.
+ * A child that closes normally removes its entry.
  */
-export class Children<T extends object> extends Set<T> {
-  /** The children, as an array (safe to close them while iterating). */
-  live(): T[] {
-    return [...this];
+export class Resources {
+  readonly #entries = new Map<object, ChildResources>();
+
+  add(child: object, r: ChildResources): void {
+    this.#entries.set(child, r);
+  }
+
+  delete(child: object): void {
+    this.#entries.delete(child);
+  }
+
+  /** Unmaps and closes everything still registered (the VM was collected). */
+  releaseAll(raw: Pick<RawBackend, 'close' | 'munmap'>): void {
+    for (const r of this.#entries.values()) {
+      for (const m of r.mappings) attempt(() => raw.munmap(m));
+      if (r.fd !== undefined) attempt(() => raw.close(r.fd!));
+    }
+    this.#entries.clear();
+  }
+}
+
+/**
+ * The /dev/kvm handle, shared by a Kvm and its VMs: closed when the Kvm is closed and no VM
+ * needs it any more (VMs stay usable after kvm.close(); some of their calls need /dev/kvm).
+ */
+export class SystemHandle {
+  #refs = 1;
+  constructor(
+    readonly raw: RawBackend,
+    readonly fd: Handle,
+  ) {}
+
+  acquire(): void {
+    this.#refs++;
+  }
+
+  release(): void {
+    if (--this.#refs === 0) this.raw.close(this.fd);
   }
 }

@@ -1,37 +1,124 @@
-import { kvmError } from './errors.js';
+/**
+ * Host mappings the library owns: of a guest_memfd (GuestMemfd.map()), or of shared memory
+ * that is not gmem (Vm.createSharedMemory(), the host half of a private VM's memory).
+ */
+import { hex, toU64 } from './base/args.js';
+import { kvmError } from './base/errors.js';
+import { Madv } from './base/uapi.js';
+import { checkToken } from './context.js';
 import type { GuestMemfd } from './gmem.js';
+import { onCollect, unregister } from './lifetime.js';
 import type { Memslot } from './memslots.js';
-import type { RawBackend, RawMapping } from './raw/types.js';
-import { toU64, hex } from './u64.js';
+import type { Handle, RawBackend, RawMapping } from './raw/types.js';
 
 /** The largest typed array V8 makes (4 GiB): bigger mappings are read through view(). */
 export const MAX_VIEW = 2 ** 32;
 
+/** What a mapping maps: a guest_memfd, a memfd, or anonymous shared memory. */
+export type MappingSource = 'guest_memfd' | 'memfd' | 'anonymous';
+
+/** The owner a mapping reports its unmap to (its gmem, or its VM for shared memory). */
+export interface MappingOwner {
+  forget(m: Mapping, raw: RawMapping): void;
+}
+
+/** The memslots using each mapping as host memory: a mapping they use cannot be unmapped. */
+const pins = new WeakMap<Mapping, Set<Memslot>>();
+/** Mappings whose owner closed while slots used them: unmapped with their last slot. */
+const orphans = new WeakSet<Mapping>();
+
+export function pinMapping(m: Mapping, slot: Memslot): void {
+  let s = pins.get(m);
+  if (!s) pins.set(m, (s = new Set()));
+  s.add(slot);
+}
+
+export function unpinMapping(m: Mapping, slot: Memslot): void {
+  const s = pins.get(m);
+  if (!s) return;
+  s.delete(slot);
+  if (s.size === 0) {
+    pins.delete(m);
+    if (orphans.has(m)) m.close();
+  }
+}
+
+export function isPinned(m: Mapping): boolean {
+  return (pins.get(m)?.size ?? 0) > 0;
+}
+
+/** Whether `x` is a Mapping the library made (not an object posing as one). */
+export let isMapping: (x: unknown) => x is Mapping;
+
 /**
- * A shared mapping of a guest_memfd range, created by GuestMemfd.map(). Views over it are
- * zero-copy and are detached when it is unmapped (by close(), or by its gmem's close or
- * collection), so none outlives it. A gmem owns its mappings. Every byte it exposes
- * is host-accessible (the gmem has initShared and the range is inside the file), so a view
- * never faults. While a memslot uses it as userspace memory it cannot be unmapped.
+ * Closes `m` as part of its owner's close: unmapped now, or, when memslots use it, left
+ * mapped (the guest may still reach it) and unmapped with its last slot.
+ */
+export let releaseMapping: (m: Mapping) => void;
+
+export interface MappingInit {
+  owner: MappingOwner;
+  raw: RawBackend;
+  mapping: RawMapping;
+  source: MappingSource;
+  /** File offset of the first byte (0 for shared memory). */
+  offset: bigint;
+  length: bigint;
+  guestMemfd?: GuestMemfd;
+  /** The memfd behind shared memory, closed with the mapping. */
+  memfd?: Handle;
+}
+
+/**
+ * A shared mapping the library made. Views over it are zero-copy and are detached when it is
+ * unmapped (by close(), or by its owner's close or collection), so none outlives it. Every
+ * byte it exposes is host-accessible (a guest_memfd mapping exists only with initShared and
+ * inside the file), so a view never faults. While a memslot uses it as host memory it cannot
+ * be unmapped.
  */
 export class Mapping {
-  readonly guestMemfd: GuestMemfd;
-  /** File offset of the first byte. */
+  /** The guest_memfd mapped, for a guest_memfd mapping. */
+  readonly guestMemfd: GuestMemfd | undefined;
+  /** What is mapped. */
+  readonly source: MappingSource;
+  /** File offset of the first byte (0 for shared memory). */
   readonly offset: bigint;
   readonly length: bigint;
   #raw: RawBackend;
   #mapping: RawMapping;
+  #owner: MappingOwner;
+  #memfd: Handle | undefined;
   #closed = false;
-  #pins: Set<Memslot> | undefined; // made by the first pin: most mappings are never pinned
   #bytes: Uint8Array | undefined;
 
-  /** @internal use GuestMemfd.map() */
-  constructor(gmem: GuestMemfd, raw: RawBackend, mapping: RawMapping, offset: bigint, length: bigint) {
-    this.guestMemfd = gmem;
-    this.#raw = raw;
-    this.#mapping = mapping;
-    this.offset = offset;
-    this.length = length;
+  /** @hidden made by GuestMemfd.map() and Vm.createSharedMemory() */
+  constructor(token: symbol, init: MappingInit) {
+    checkToken(token, 'Mapping', 'GuestMemfd.map() and Vm.createSharedMemory()');
+    this.#raw = init.raw;
+    this.#mapping = init.mapping;
+    this.#owner = init.owner;
+    this.#memfd = init.memfd;
+    this.guestMemfd = init.guestMemfd;
+    this.source = init.source;
+    this.offset = init.offset;
+    this.length = init.length;
+  }
+
+  static {
+    isMapping = (x: unknown): x is Mapping => typeof x === 'object' && x !== null && #mapping in x;
+    releaseMapping = (m: Mapping) => {
+      if (m.#closed) return;
+      if (!isPinned(m)) return m.close();
+      // Slots of another VM use it: it stays mapped (with a finalizer of its own) until the last goes.
+      orphans.add(m);
+      const raw = m.#raw;
+      const mapping = m.#mapping;
+      const memfd = m.#memfd;
+      onCollect(m, () => {
+        raw.munmap(mapping);
+        if (memfd !== undefined) raw.close(memfd);
+      });
+    };
   }
 
   /** The mapping's address in this process. */
@@ -41,6 +128,12 @@ export class Mapping {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** The memfd behind shared memory made with `memfd: true` (for passing to another process). */
+  get fd(): Handle | undefined {
+    this.#check();
+    return this.#memfd;
   }
 
   #check(): void {
@@ -55,39 +148,43 @@ export class Mapping {
     }
     // (Without the addon, the simulator moves a mapping's buffer when another mapping of the
     // file comes or goes, which detaches the views taken before: take one again then.)
-    if (this.#bytes === undefined || (this.#bytes.byteLength === 0 && this.length > 0n)) this.#bytes = this.#window(0, Number(this.length));
+    if (this.#bytes === undefined || (this.#bytes.byteLength === 0 && this.length > 0n)) this.#bytes = this.#mapping.view(0, Number(this.length));
     return this.#bytes;
   }
 
   /** A zero-copy window [offset, offset + length) of the mapping. */
   view(offset: bigint | number, length: bigint | number): Uint8Array {
     this.#check();
+    const [off, len] = this.#range(offset, length, 'view');
+    if (len > BigInt(MAX_VIEW)) throw new RangeError(`a view holds at most ${MAX_VIEW} bytes`);
+    return this.#mapping.view(Number(off), Number(len));
+  }
+
+  #range(offset: unknown, length: unknown, what: string): [bigint, bigint] {
     const off = toU64(offset, 'offset');
     const len = toU64(length, 'length');
-    if (off + len > this.length) {
-      throw new RangeError(`view [${hex(off)}, ${hex(off + len)}) is outside the mapping (${hex(this.length)} bytes)`);
-    }
-    if (len > BigInt(MAX_VIEW)) throw new RangeError(`a view holds at most ${MAX_VIEW} bytes`);
-    return this.#window(Number(off), Number(len));
+    if (off + len > this.length) throw new RangeError(`${what} [${hex(off)}, ${hex(off + len)}) is outside the mapping (${hex(this.length)} bytes)`);
+    return [off, len];
   }
 
-  #window(offset: number, length: number): Uint8Array {
-    return this.#mapping.view(offset, length);
-  }
-
-  /** Memslots whose userspace memory this mapping is. */
+  /** Memslots whose host memory this mapping is. */
   get slots(): readonly Memslot[] {
-    return [...(this.#pins ?? [])];
+    void this.#closed; // (a TypeError on an object that is not a Mapping)
+    return [...(pins.get(this) ?? [])];
   }
 
-  /** @internal a memslot starts/stops using this mapping */
-  _pin(slot: Memslot): void {
+  /**
+   * Frees the pages of [offset, offset + length) of shared memory (MADV_REMOVE): they read as
+   * zeros after, here and in the guest. What a VMM does with the shared half of a range it
+   * converts to private. (A guest_memfd range is freed with GuestMemfd.punchHole().)
+   */
+  discard(offset: bigint | number, length: bigint | number): void {
     this.#check();
-    (this.#pins ??= new Set()).add(slot);
-  }
-  /** @internal */
-  _unpin(slot: Memslot): void {
-    this.#pins?.delete(slot);
+    if (this.source === 'guest_memfd') throw new TypeError('discard() frees shared memory; free a guest_memfd range with guestMemfd.punchHole()');
+    const [off, len] = this.#range(offset, length, 'discard');
+    const page = BigInt(this.#raw.pageSize);
+    if (off % page !== 0n || len % page !== 0n) throw new RangeError(`discard [${hex(off)}, +${hex(len)}) must be page-aligned`);
+    if (len > 0n) this.#raw.madvise(this.#mapping, off, len, Madv.REMOVE);
   }
 
   /**
@@ -96,16 +193,22 @@ export class Mapping {
    */
   close(): void {
     if (this.#closed) return;
-    if (this.#pins?.size) {
-      const ids = [...this.#pins].map((s) => s.id);
+    const slots = pins.get(this);
+    if (slots?.size) {
+      const ids = [...slots].map((s) => s.id);
       throw kvmError('EBUSY', { syscall: 'munmap' }, `mapping ${hex(this.address)} is the memory of memslot ${ids.join(', ')}; delete the slot first`, {
-        conflict: { slot: ids[0]!, asId: [...this.#pins][0]!.asId },
+        conflict: { slot: ids[0]!, asId: [...slots][0]!.asId },
       });
     }
     this.#raw.munmap(this.#mapping);
     this.#closed = true;
     this.#bytes = undefined;
-    this.guestMemfd._forget(this, this.#mapping);
+    if (this.#memfd !== undefined) this.#raw.close(this.#memfd);
+    if (orphans.has(this)) {
+      orphans.delete(this);
+      unregister(this);
+    }
+    this.#owner.forget(this, this.#mapping);
   }
 
   [Symbol.dispose](): void {

@@ -1,24 +1,15 @@
-import { kvmError, type KvmError } from './errors.js';
-import { log } from './debug.js';
-import { GuestMemfd } from './gmem.js';
-import { GfnRadix } from './gfnradix.js';
-import { IntervalIndex } from './interval.js';
-import { Mapping } from './mapping.js';
-import { KVM_USER_MEM_SLOTS, MemFlag } from './raw/constants.js';
+import { hex, toBool, toInt, toOptions, toU64, typeName, type U64 } from './base/args.js';
+import { kvmError } from './base/errors.js';
+import { GfnRadix } from './base/gfnradix.js';
+import { IntervalIndex } from './base/interval.js';
+import { log } from './base/log.js';
+import { KVM_USER_MEM_SLOTS, MemFlag, USER_ADDRESS_MAX } from './base/uapi.js';
+import { checkToken, CREATE, type VmContext } from './context.js';
+import { isGuestMemfd, type GuestMemfd } from './gmem.js';
+import { isMapping, pinMapping, unpinMapping, type Mapping } from './mapping.js';
 import { checkMemslot, isViolation, MAX_GFN_52, memslotWhere, type MemslotContext, type MemslotDecision, type RegionInput, type SlotView } from './rules/memslot.js';
-import { violationError, type Violation } from './rules/types.js';
-import { hex, toBool, toInt, toU64, typeName, type U64 } from './u64.js';
+import { explainRefusal, violationError } from './rules/types.js';
 import type { Vm } from './vm.js';
-
-/** Rules whose answer depends on the books (what is already there); checked before the call. */
-const BOOK_RULES = new Set([
-  'memslot.delete-missing', 'memslot.gmem-immutable', 'memslot.modify', 'memslot.gpa-overlap',
-  'memslot.gmem-bound', 'memslot.gmem-owner', 'memslot.gmem-fd',
-]);
-
-/** Highest end (userspace_addr + memory_size) that access_ok() accepts on x86-64 with
- * 4-level paging: TASK_SIZE_MAX (observed on the 6.18 host). */
-export const USER_ADDRESS_MAX = 0x7ffffffff000n;
 
 export interface MemslotOptions {
   /** Slot id (bits 15:0); the lowest free id when omitted. */
@@ -30,9 +21,9 @@ export interface MemslotOptions {
   guestMemfd?: GuestMemfd;
   guestMemfdOffset?: U64;
   /**
-   * Host memory for the slot: a Mapping owned by the library. Omitted on a gmem created with
-   * mmap + initShared: the gmem's own mapping at the slot's offset. Omitted on another gmem:
-   * none (userspace_addr 0).
+   * Host memory for the slot: a Mapping owned by the library (shared memory, or a gmem's).
+   * Omitted on a gmem created with mmap + initShared: the gmem's own mapping at the slot's
+   * offset. Omitted on another gmem: none (userspace_addr 0).
    */
   userspace?: Mapping;
   /** Byte offset of the slot's memory in `userspace`; by default 0, or for a mapping of the
@@ -60,37 +51,61 @@ export interface Translation {
   userspaceAddr: bigint;
 }
 
-/** A memslot the VM has (KVM_SET_USER_MEMORY_REGION2). Read-only view of the kernel's slot. */
-export class Memslot {
-  #deleted = false;
-  /** @internal */
-  constructor(
-    readonly vm: Vm,
-    readonly id: number,
-    readonly asId: number,
-    public guestPhysAddr: bigint,
-    readonly size: bigint,
-    public flags: number,
-    readonly guestMemfd: GuestMemfd | undefined,
-    readonly guestMemfdOffset: bigint,
-    readonly userspace: Mapping | undefined,
-    /** Byte offset of the slot's memory in `userspace`. */
-    readonly userspaceOffset: bigint,
-    readonly userspaceAddr: bigint,
-  ) {}
+/** What the books record of a slot that the public object only reads. */
+interface SlotState {
+  guestPhysAddr: bigint;
+  flags: number;
+  books: MemslotBooks;
+}
+const slotState = new WeakMap<Memslot, SlotState>();
 
+/** A memslot the VM has (KVM_SET_USER_MEMORY_REGION2): a read-only view of the kernel's slot. */
+export class Memslot {
+  readonly vm: Vm;
+  readonly id: number;
+  readonly asId: number;
+  readonly size: bigint;
+  readonly guestMemfd: GuestMemfd | undefined;
+  readonly guestMemfdOffset: bigint;
+  /** The slot's host memory. */
+  readonly userspace: Mapping | undefined;
+  /** Byte offset of the slot's memory in `userspace`. */
+  readonly userspaceOffset: bigint;
+  /** The userspace_addr the kernel was given (0n when none). */
+  readonly userspaceAddr: bigint;
+
+  /** @hidden made by MemslotTable.add() */
+  constructor(token: symbol, init: Omit<Memslot, 'guestPhysAddr' | 'flags' | 'readonly' | 'logDirtyPages' | 'deleted' | 'end' | 'delete' | 'toString' | typeof Symbol.dispose> & SlotState) {
+    checkToken(token, 'Memslot', 'vm.memslots.add()');
+    this.vm = init.vm;
+    this.id = init.id;
+    this.asId = init.asId;
+    this.size = init.size;
+    this.guestMemfd = init.guestMemfd;
+    this.guestMemfdOffset = init.guestMemfdOffset;
+    this.userspace = init.userspace;
+    this.userspaceOffset = init.userspaceOffset;
+    this.userspaceAddr = init.userspaceAddr;
+    slotState.set(this, { guestPhysAddr: init.guestPhysAddr, flags: init.flags, books: init.books });
+  }
+
+  /** The slot's first guest-physical address (a non-gmem slot can move). */
+  get guestPhysAddr(): bigint {
+    return slotState.get(this)!.guestPhysAddr;
+  }
+  /** KVM_MEM_* flags. */
+  get flags(): number {
+    return slotState.get(this)!.flags;
+  }
   get readonly(): boolean {
     return (this.flags & MemFlag.READONLY) !== 0;
   }
   get logDirtyPages(): boolean {
     return (this.flags & MemFlag.LOG_DIRTY_PAGES) !== 0;
   }
+  /** Whether the slot is gone (deleted, or its VM closed). */
   get deleted(): boolean {
-    return this.#deleted;
-  }
-  /** @internal */
-  _markDeleted(): void {
-    this.#deleted = true;
+    return slotState.get(this)!.books.get(this.id, this.asId) !== this;
   }
   get end(): bigint {
     return this.guestPhysAddr + this.size;
@@ -98,7 +113,7 @@ export class Memslot {
   /** Deletes the slot (KVM_SET_USER_MEMORY_REGION2 with size 0); a no-op once deleted or
    * once its VM is closed. */
   delete(): void {
-    if (this.#deleted || this.vm.closed) return;
+    if (this.deleted || this.vm.closed) return;
     this.vm.memslots.delete(this);
   }
   /** `using slot = vm.memslots.add(...)` deletes it at the end of the scope, before the
@@ -112,72 +127,58 @@ export class Memslot {
   }
 }
 
+const keyOf = (asId: number, id: number) => (asId << 16) | id;
+
 /**
- * The VM's memslot books: by guest-physical address per address space, and per gmem by file
- * offset. Updated only after the backend accepted a change, so they always equal the
- * kernel's state.
+ * The VM's memslot books: slots by id, by guest frame per address space, and per gmem by file
+ * page. Changed only after the backend accepted a change, so they equal the kernel's state.
+ * Internal: the public face is MemslotTable.
  */
-export class MemslotTable {
-  readonly #vm: Vm;
-  readonly #page: bigint;
+export class MemslotBooks {
+  readonly page: bigint;
   #byKey = new Map<number, Memslot>();
   #byGfn = new Map<number, IntervalIndex<Memslot>>();
   /** O(1) gfn -> slot lookup per address space (find/translate). */
   #radix = new Map<number, GfnRadix<Memslot>>();
   #byFile = new Map<GuestMemfd, IntervalIndex<Memslot>>();
-  /** Used slot ids of address space 0..n (bitmaps, for the lowest free id). */
+  /** Used slot ids of each address space (bitmaps, for the lowest free id). */
   #used = new Map<number, Uint32Array>();
+  /** Mappings the books made for slots given no host memory: unmapped with their last slot. */
+  #own = new Set<Mapping>();
 
-  /** @internal */
-  constructor(vm: Vm, pageSize: number) {
-    this.#vm = vm;
-    this.#page = BigInt(pageSize);
+  constructor(pageSize: number) {
+    this.page = BigInt(pageSize);
   }
 
   get size(): number {
     return this.#byKey.size;
   }
 
-  /** Every slot, ordered by address space then guest address. */
+  get(id: number, asId: number): Memslot | undefined {
+    return this.#byKey.get(keyOf(asId, id));
+  }
+
+  /** The slot of `asId` containing `gfn`. */
+  find(gfn: number, asId: number): Memslot | undefined {
+    return this.#radix.get(asId)?.get(gfn);
+  }
+
   list(): Memslot[] {
     return [...this.#byGfn.keys()].sort((a, b) => a - b).flatMap((as) => [...this.#byGfn.get(as)!.items()]);
   }
 
-  [Symbol.iterator](): IterableIterator<Memslot> {
-    return this.list()[Symbol.iterator]();
+  /** Whether any slot is bound to `gmem` (a punch with none invalidates no guest range). */
+  binds(gmem: GuestMemfd): boolean {
+    return this.#byFile.has(gmem);
   }
 
-  get(id: number, asId = 0): Memslot | undefined {
-    return this.#byKey.get((toInt(asId, 'asId', 0, 0xffff) << 16) | toInt(id, 'id', 0, 0xffff));
+  boundTo(gmem: GuestMemfd): Memslot[] {
+    return [...(this.#byFile.get(gmem)?.items() ?? [])];
   }
 
-  /** The slot containing `gpa` (address space `asId`), in O(1). */
-  find(gpa: U64, asId = 0): Memslot | undefined {
-    const g = toU64(gpa, 'gpa');
-    return this.#radix.get(toInt(asId, 'asId', 0, 0xffff))?.get(Number(g / this.#page));
-  }
-
-  /** gpa -> (slot, gmem, file offset, host address), or undefined where no slot is. */
-  translate(gpa: U64, asId = 0): Translation | undefined {
-    const g = toU64(gpa, 'gpa');
-    const slot = this.find(g, asId);
-    if (!slot) return undefined;
-    const slotOffset = g - slot.guestPhysAddr;
-    return {
-      slot,
-      slotOffset,
-      guestMemfd: slot.guestMemfd,
-      offset: slot.guestMemfd ? slot.guestMemfdOffset + slotOffset : undefined,
-      userspaceAddr: slot.userspaceAddr === 0n ? 0n : slot.userspaceAddr + slotOffset,
-    };
-  }
-
-  /** (gmem, file offset) -> the slot and gpa that it backs, or undefined where unbound. */
-  reverse(gmem: GuestMemfd, offset: U64): { slot: Memslot; gpa: bigint } | undefined {
-    checkGmem(gmem);
-    const off = toU64(offset, 'offset');
-    const slot = this.#byFile.get(gmem)?.containing(Number(off / this.#page));
-    return slot && { slot, gpa: slot.guestPhysAddr + (off - slot.guestMemfdOffset) };
+  /** The slot bound to the file page containing `offset` of `gmem`. */
+  boundAt(gmem: GuestMemfd, offset: bigint): Memslot | undefined {
+    return this.#byFile.get(gmem)?.containing(Number(offset / this.page));
   }
 
   /**
@@ -186,179 +187,31 @@ export class MemslotTable {
    *   gfnStart = base_gfn + (max(start, off) - off) / page
    *   gfnEnd   = base_gfn + (min(end, off + size) - off) / page
    */
-  guestRanges(gmem: GuestMemfd, start: U64, end: U64): GuestRange[] {
-    checkGmem(gmem);
-    const s = toU64(start, 'start');
-    const e = toU64(end, 'end');
+  rangesOf(gmem: GuestMemfd, start: bigint, end: bigint): GuestRange[] {
     const idx = this.#byFile.get(gmem);
-    if (!idx || e <= s) return [];
-    const page = this.#page;
+    if (!idx || end <= start) return [];
+    const page = this.page;
     const out: GuestRange[] = [];
-    const hiPage = Number((e + page - 1n) / page);
-    for (const slot of idx.overlapping(Number(s / page), hiPage)) {
+    for (const slot of idx.overlapping(Number(start / page), Number((end + page - 1n) / page))) {
       const off = slot.guestMemfdOffset;
       const baseGfn = slot.guestPhysAddr / page;
-      const lo = s > off ? s : off;
-      const hi = e < off + slot.size ? e : off + slot.size;
+      const lo = start > off ? start : off;
+      const hi = end < off + slot.size ? end : off + slot.size;
       if (hi <= lo) continue;
       out.push({ slot, gfnStart: baseGfn + (lo - off) / page, gfnEnd: baseGfn + (hi - off) / page });
     }
     return out;
   }
 
-  /** @internal whether any slot is bound to `gmem` (a punch with none has no guest ranges). */
-  _binds(gmem: GuestMemfd): boolean {
-    return this.#byFile.has(gmem);
-  }
-
-  /** Slots bound to `gmem`, in file order. */
-  boundTo(gmem: GuestMemfd): Memslot[] {
-    checkGmem(gmem);
-    return [...(this.#byFile.get(gmem)?.items() ?? [])];
-  }
-
-  /** KVM_SET_USER_MEMORY_REGION2 creating a slot (or, for an existing non-gmem id, moving it
-   * or toggling LOG_DIRTY_PAGES, as the kernel does). */
-  add(options: MemslotOptions): Memslot {
-    this.#vm._checkOpen('ioctl');
-    if (typeof options !== 'object' || options === null) throw new TypeError('memslot options must be an object');
-    const asId = options.asId === undefined ? 0 : toInt(options.asId, 'asId', 0, 0xffff);
-    const gpa = toU64(options.guestPhysAddr, 'guestPhysAddr');
-    const size = toU64(options.size, 'size');
-    const gmem = options.guestMemfd;
-    if (gmem !== undefined && !(gmem instanceof GuestMemfd)) throw new TypeError('guestMemfd must be a GuestMemfd');
-    if (options.userspace !== undefined && !(options.userspace instanceof Mapping)) throw new TypeError('userspace must be a Mapping');
-    if (gmem === undefined && options.guestMemfdOffset !== undefined) throw new TypeError('guestMemfdOffset needs guestMemfd');
-    const gmemOffset = options.guestMemfdOffset === undefined ? 0n : toU64(options.guestMemfdOffset, 'guestMemfdOffset');
-    let flags = 0;
-    if (toBool(options.readonly, 'readonly')) flags |= MemFlag.READONLY;
-    if (toBool(options.logDirtyPages, 'logDirtyPages')) flags |= MemFlag.LOG_DIRTY_PAGES;
-    if (gmem) flags |= MemFlag.GUEST_MEMFD;
-    if (gmem?.closed) throw kvmError('EBADF', memslotWhere(true), 'guestMemfd is closed');
-    const id = options.slot === undefined ? this.#lowestFree(asId) : toInt(options.slot, 'slot', 0, 0xffff);
-
-    // Host memory for the slot.
-    let userspace = options.userspace;
-    let created = false;
-    if (userspace === undefined && gmem?.mmapable && gmem.initShared && gmemOffset + size <= gmem.size) {
-      // (A range past the file's end gets no host memory; the kernel refuses it anyway.)
-      ({ mapping: userspace, created } = gmem._ownMapping(gmemOffset, size));
-    } else if (userspace === undefined && !gmem) {
-      throw new TypeError('a memslot without guestMemfd needs userspace memory (a Mapping)');
-    }
-    try {
-      if (userspace?.closed) throw kvmError('EBADF', memslotWhere(true), 'userspace mapping is unmapped');
-      let uoff = 0n;
-      if (options.userspaceOffset !== undefined) uoff = toU64(options.userspaceOffset, 'userspaceOffset');
-      else if (userspace && gmem && userspace.guestMemfd === gmem && gmemOffset >= userspace.offset && gmemOffset + size <= userspace.offset + userspace.length) {
-        uoff = gmemOffset - userspace.offset; // the host view aliases the slot's file range
-      }
-      if (userspace && uoff + size > userspace.length) {
-        // A slot larger than its host memory would let the guest reach whatever the process
-        // maps next; the kernel cannot tell, so the library refuses.
-        throw new RangeError(`slot memory [${hex(uoff)}, ${hex(uoff + size)}) is outside its userspace mapping (${hex(userspace.length)} bytes)`);
-      }
-      const region: RegionInput = {
-        v2: true, slot: (asId << 16) | id, flags, guestPhysAddr: gpa, memorySize: size,
-        userspaceAddr: userspace ? userspace.address + uoff : 0n,
-        guestMemfdOffset: gmemOffset, guestMemfd: gmem ? gmem.fd : 0,
-      };
-      if (size === 0n) throw new RangeError('size must be > 0 (use delete() to remove a slot)');
-      const decision = this.#apply(region, gmem);
-      const existing = decision.existing && this.get(id, asId);
-      if (existing) {
-        // A non-gmem slot moved or had LOG_DIRTY_PAGES toggled (the kernel's MOVE / FLAGS_ONLY).
-        if (decision.op === 'move') {
-          const [lo, hi] = [Number(decision.baseGfn), Number(decision.baseGfn + decision.npages)];
-          this.#byGfn.get(asId)!.remove(existing);
-          this.#radix.get(asId)!.remove(existing);
-          existing.guestPhysAddr = gpa;
-          this.#byGfn.get(asId)!.insert(lo, hi, existing);
-          this.#radix.get(asId)!.insert(lo, hi, existing);
-        }
-        existing.flags = flags;
-        return existing;
-      }
-      const slot = new Memslot(this.#vm, id, asId, gpa, size, flags, gmem, gmemOffset, userspace, uoff, region.userspaceAddr);
-      this.#insert(slot, decision);
-      userspace?._pin(slot);
-      return slot;
-    } catch (e) {
-      if (created) userspace!.close();
-      throw e;
-    }
-  }
-
-  /** KVM_SET_USER_MEMORY_REGION2 with size 0. Accepts the Memslot or its id. */
-  delete(slot: Memslot | number, asId = 0): void {
-    this.#vm._checkOpen('ioctl');
-    let id: number;
-    if (slot instanceof Memslot) {
-      if (slot.vm !== this.#vm) throw new TypeError('that memslot belongs to another VM');
-      id = slot.id;
-      asId = slot.asId;
-    } else {
-      id = toInt(slot, 'slot', 0, 0xffff);
-      asId = toInt(asId, 'asId', 0, 0xffff);
-    }
-    const region: RegionInput = {
-      v2: true, slot: (asId << 16) | id, flags: 0, guestPhysAddr: 0n, memorySize: 0n,
-      userspaceAddr: 0n, guestMemfdOffset: 0n, guestMemfd: 0,
-    };
-    this.#apply(region, undefined);
-    const s = this.get(id, asId)!;
-    this.#remove(s);
-  }
-
-  /** @internal Forget every slot (the VM is being destroyed). */
-  _clear(): void {
-    for (const s of this.#byKey.values()) {
-      s.userspace?._unpin(s);
-      s._markDeleted();
-    }
-    this.#byKey.clear();
-    this.#byGfn.clear();
-    this.#radix.clear();
-    this.#byFile.clear();
-    this.#used.clear();
-  }
-
-  /** Runs the rules, then the ioctl; throws the explained error; returns what the kernel did. */
-  #apply(region: RegionInput, gmem: GuestMemfd | undefined): MemslotDecision {
-    const where = memslotWhere(true);
-    const verdict = checkMemslot(region, this.#context(gmem));
-    if (isViolation(verdict) && this.#vm.precheck && BOOK_RULES.has(verdict.rule)) {
-      throw violationError(verdict, where);
-    }
-    try {
-      this.#vm._raw.setUserMemoryRegion2(this.#vm.fd, region);
-    } catch (e) {
-      throw explain(e, isViolation(verdict) ? verdict : undefined, where);
-    }
-    if (isViolation(verdict)) {
-      // The kernel accepted what the rules refused: the kernel is right; keep the books true.
-      log('memslot: kernel accepted a region the rules refused (%s: %s)', verdict.rule, verdict.message);
-      const asId = region.slot >>> 16;
-      const id = region.slot & 0xffff;
-      const page = this.#page;
-      const existing = this.get(id, asId);
-      return {
-        op: region.memorySize === 0n ? 'delete' : existing ? 'move' : 'create', asId, id,
-        baseGfn: region.guestPhysAddr / page, npages: region.memorySize / page,
-        ...(existing ? { existing: view(existing, page) } : {}),
-      };
-    }
-    return verdict;
-  }
-
-  #context(gmem: GuestMemfd | undefined): MemslotContext {
-    const page = this.#page;
-    const vm = this.#vm;
+  /** The view of the books the rules take (what the kernel would look up). */
+  context(vm: VmContext, gmem: GuestMemfd | undefined): MemslotContext {
+    const page = this.page;
+    const caps = vm.caps();
     return {
       pageSize: page,
-      readonlyMem: vm._caps.readonlyMem,
-      guestMemfd: vm._caps.guestMemfd,
-      addressSpaces: vm._caps.addressSpaces,
+      readonlyMem: caps.readonlyMem,
+      guestMemfd: caps.guestMemfd,
+      addressSpaces: caps.addressSpaces,
       userAddressMax: USER_ADDRESS_MAX,
       maxGfn: MAX_GFN_52,
       slot: (asId, id) => {
@@ -371,7 +224,7 @@ export class MemslotTable {
       },
       gmem: () => {
         if (!gmem || gmem.closed) return { kind: 'ebadf' };
-        if (gmem.vm !== vm) return { kind: 'foreign' };
+        if (gmem.vm !== vm.vm) return { kind: 'foreign' };
         const idx = this.#byFile.get(gmem);
         return {
           kind: 'ok',
@@ -385,26 +238,41 @@ export class MemslotTable {
     };
   }
 
-  #insert(slot: Memslot, d: MemslotDecision): void {
-    const key = (slot.asId << 16) | slot.id;
-    this.#byKey.set(key, slot);
+  insert(slot: Memslot, d: MemslotDecision): void {
+    this.#byKey.set(keyOf(slot.asId, slot.id), slot);
     let idx = this.#byGfn.get(slot.asId);
     if (!idx) this.#byGfn.set(slot.asId, (idx = new IntervalIndex()));
-    idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
+    const [lo, hi] = [Number(d.baseGfn), Number(d.baseGfn + d.npages)];
+    idx.insert(lo, hi, slot);
     let radix = this.#radix.get(slot.asId);
     if (!radix) this.#radix.set(slot.asId, (radix = new GfnRadix()));
-    radix.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
+    radix.insert(lo, hi, slot);
     if (slot.guestMemfd) {
       let f = this.#byFile.get(slot.guestMemfd);
       if (!f) this.#byFile.set(slot.guestMemfd, (f = new IntervalIndex()));
-      const pg = Number(slot.guestMemfdOffset / this.#page);
+      const pg = Number(slot.guestMemfdOffset / this.page);
       f.insert(pg, pg + Number(d.npages), slot);
     }
     this.#bitmap(slot.asId)[slot.id >>> 5]! |= 1 << (slot.id & 31);
+    if (slot.userspace) pinMapping(slot.userspace, slot);
   }
 
-  #remove(slot: Memslot): void {
-    this.#byKey.delete((slot.asId << 16) | slot.id);
+  /** A non-gmem slot moved (the kernel's MOVE) or toggled LOG_DIRTY_PAGES (FLAGS_ONLY). */
+  change(slot: Memslot, d: MemslotDecision, flags: number): void {
+    const st = slotState.get(slot)!;
+    if (d.op === 'move') {
+      const [lo, hi] = [Number(d.baseGfn), Number(d.baseGfn + d.npages)];
+      this.#byGfn.get(slot.asId)!.remove(slot);
+      this.#radix.get(slot.asId)!.remove(slot);
+      st.guestPhysAddr = d.baseGfn * this.page;
+      this.#byGfn.get(slot.asId)!.insert(lo, hi, slot);
+      this.#radix.get(slot.asId)!.insert(lo, hi, slot);
+    }
+    st.flags = flags;
+  }
+
+  remove(slot: Memslot): void {
+    this.#byKey.delete(keyOf(slot.asId, slot.id));
     this.#byGfn.get(slot.asId)?.remove(slot);
     this.#radix.get(slot.asId)?.remove(slot);
     if (slot.guestMemfd) {
@@ -413,9 +281,45 @@ export class MemslotTable {
       if (f && f.count === 0) this.#byFile.delete(slot.guestMemfd);
     }
     this.#bitmap(slot.asId)[slot.id >>> 5]! &= ~(1 << (slot.id & 31));
-    slot.userspace?._unpin(slot);
-    if (slot.userspace) slot.userspace.guestMemfd._releaseOwn(slot.userspace);
-    slot._markDeleted();
+    if (slot.userspace) this.#unpin(slot.userspace, slot);
+  }
+
+  #unpin(m: Mapping, slot: Memslot): void {
+    unpinMapping(m, slot);
+    if (this.#own.has(m) && m.slots.length === 0) {
+      this.#own.delete(m);
+      m.close();
+    }
+  }
+
+  /** Forgets every slot (the VM is being destroyed, and the kernel with it). */
+  clear(): void {
+    const slots = [...this.#byKey.values()];
+    this.#byKey.clear();
+    this.#byGfn.clear();
+    this.#radix.clear();
+    this.#byFile.clear();
+    this.#used.clear();
+    for (const s of slots) if (s.userspace) this.#unpin(s.userspace, s);
+  }
+
+  /**
+   * A mapping of `gmem` covering [offset, offset + size) for a slot given no host memory: one
+   * the books made earlier, else a new one of exactly that range (never the whole file: a
+   * simulated terabyte file cannot be mapped whole). `made`: whether it is new.
+   */
+  ownMapping(gmem: GuestMemfd, offset: bigint, size: bigint): { mapping: Mapping; made: boolean } {
+    for (const m of this.#own) {
+      if (m.guestMemfd === gmem && !m.closed && m.offset <= offset && offset + size <= m.offset + m.length) return { mapping: m, made: false };
+    }
+    const mapping = gmem.map({ offset, length: size });
+    this.#own.add(mapping);
+    return { mapping, made: true };
+  }
+
+  /** Unmaps a mapping ownMapping() made for a slot that was then refused. */
+  dropOwn(m: Mapping): void {
+    if (this.#own.delete(m) && m.slots.length === 0) m.close();
   }
 
   #bitmap(asId: number): Uint32Array {
@@ -424,32 +328,224 @@ export class MemslotTable {
     return b;
   }
 
-  #lowestFree(asId: number): number {
+  lowestFree(asId: number): number | undefined {
     const b = this.#bitmap(asId);
     for (let w = 0; w < b.length; w++) {
       if (b[w] !== 0xffffffff) {
         const lowestZero = ~b[w]! & (b[w]! + 1);
         const slot = w * 32 + (31 - Math.clz32(lowestZero));
-        if (slot < KVM_USER_MEM_SLOTS) return slot;
-        break;
+        return slot < KVM_USER_MEM_SLOTS ? slot : undefined;
       }
     }
-    throw kvmError('EINVAL', memslotWhere(true), `every slot id below KVM_USER_MEM_SLOTS (${KVM_USER_MEM_SLOTS}) is in use`);
+    return undefined;
   }
-}
-
-function checkGmem(g: unknown): void {
-  if (!(g instanceof GuestMemfd)) throw new TypeError(`gmem must be a GuestMemfd, got ${typeName(g)}`);
 }
 
 function view(s: Memslot, page: bigint): SlotView {
   return { asId: s.asId, id: s.id, baseGfn: s.guestPhysAddr / page, npages: s.size / page, flags: s.flags, userspaceAddr: s.userspaceAddr };
 }
 
-/** A kernel error, explained by the rule that predicted it when the codes agree. */
-export function explain(e: unknown, v: Violation | undefined, where: { syscall: string; request?: string }): unknown {
-  const code = (e as KvmError).code;
-  if (v && code === v.code) return violationError(v, where);
-  if (v) log('rules predicted %s (%s) but the kernel said %s', v.code, v.rule, code);
-  return e;
+function checkGmem(g: unknown): GuestMemfd {
+  if (!isGuestMemfd(g)) throw new TypeError(`gmem must be a GuestMemfd, got ${typeName(g)}`);
+  return g;
+}
+
+/**
+ * The VM's memslots (KVM_SET_USER_MEMORY_REGION2), and the books a VMM needs about them: which
+ * slot backs a guest address, which guest ranges a file range backs. Conflicts are checked
+ * against the books before the call, so the error names the slot or range in the way.
+ */
+export class MemslotTable {
+  readonly #ctx: VmContext;
+  readonly #books: MemslotBooks;
+
+  /** @hidden made with its VM */
+  constructor(token: symbol, ctx: VmContext) {
+    checkToken(token, 'MemslotTable', 'Kvm.createVm()');
+    this.#ctx = ctx;
+    this.#books = ctx.books;
+  }
+
+  get size(): number {
+    return this.#books.size;
+  }
+
+  /** Every slot, ordered by address space then guest address. */
+  list(): Memslot[] {
+    return this.#books.list();
+  }
+
+  [Symbol.iterator](): IterableIterator<Memslot> {
+    return this.list()[Symbol.iterator]();
+  }
+
+  get(id: number, asId = 0): Memslot | undefined {
+    return this.#books.get(toInt(id, 'id', 0, 0xffff), toInt(asId, 'asId', 0, 0xffff));
+  }
+
+  /** The slot containing `gpa` (address space `asId`). */
+  find(gpa: U64, asId = 0): Memslot | undefined {
+    const g = toU64(gpa, 'gpa');
+    return this.#books.find(Number(g / this.#books.page), toInt(asId, 'asId', 0, 0xffff));
+  }
+
+  /** gpa -> (slot, gmem, file offset, host address), or undefined where no slot is. */
+  translate(gpa: U64, asId = 0): Translation | undefined {
+    const g = toU64(gpa, 'gpa');
+    const slot = this.#books.find(Number(g / this.#books.page), toInt(asId, 'asId', 0, 0xffff));
+    if (!slot) return undefined;
+    const slotOffset = g - slot.guestPhysAddr;
+    return {
+      slot,
+      slotOffset,
+      guestMemfd: slot.guestMemfd,
+      offset: slot.guestMemfd ? slot.guestMemfdOffset + slotOffset : undefined,
+      userspaceAddr: slot.userspaceAddr === 0n ? 0n : slot.userspaceAddr + slotOffset,
+    };
+  }
+
+  /** (gmem, file offset) -> the slot and gpa that it backs, or undefined where unbound. */
+  reverse(gmem: GuestMemfd, offset: U64): { slot: Memslot; gpa: bigint } | undefined {
+    const g = checkGmem(gmem);
+    const off = toU64(offset, 'offset');
+    const slot = this.#books.boundAt(g, off);
+    return slot && { slot, gpa: slot.guestPhysAddr + (off - slot.guestMemfdOffset) };
+  }
+
+  /**
+   * The guest frame ranges that the file range [start, end) of `gmem` backs: one per slot
+   * bound to an overlapping range, clamped at both ends, in file order.
+   */
+  guestRanges(gmem: GuestMemfd, start: U64, end: U64): GuestRange[] {
+    return this.#books.rangesOf(checkGmem(gmem), toU64(start, 'start'), toU64(end, 'end'));
+  }
+
+  /** Slots bound to `gmem`, in file order. */
+  boundTo(gmem: GuestMemfd): Memslot[] {
+    return this.#books.boundTo(checkGmem(gmem));
+  }
+
+  /** KVM_SET_USER_MEMORY_REGION2 creating a slot (or, for an existing non-gmem id, moving it
+   * or toggling LOG_DIRTY_PAGES, as the kernel does). */
+  add(options: MemslotOptions): Memslot {
+    const ctx = this.#ctx;
+    ctx.checkOpen('ioctl');
+    // Every option read once, here: a getter cannot change an option after it was checked.
+    const o = { ...toOptions(options, 'memslot options') };
+    const asId = o.asId === undefined ? 0 : toInt(o.asId, 'asId', 0, 0xffff);
+    const gpa = toU64(o.guestPhysAddr, 'guestPhysAddr');
+    const size = toU64(o.size, 'size');
+    const gmem = o.guestMemfd;
+    if (gmem !== undefined && !isGuestMemfd(gmem)) throw new TypeError(`guestMemfd must be a GuestMemfd, got ${typeName(gmem)}`);
+    if (o.userspace !== undefined && !isMapping(o.userspace)) throw new TypeError(`userspace must be a Mapping, got ${typeName(o.userspace)}`);
+    if (gmem === undefined && o.guestMemfdOffset !== undefined) throw new TypeError('guestMemfdOffset needs guestMemfd');
+    const gmemOffset = o.guestMemfdOffset === undefined ? 0n : toU64(o.guestMemfdOffset, 'guestMemfdOffset');
+    const userspaceOffset = o.userspaceOffset === undefined ? undefined : toU64(o.userspaceOffset, 'userspaceOffset');
+    let flags = 0;
+    if (toBool(o.readonly, 'readonly')) flags |= MemFlag.READONLY;
+    if (toBool(o.logDirtyPages, 'logDirtyPages')) flags |= MemFlag.LOG_DIRTY_PAGES;
+    if (gmem) flags |= MemFlag.GUEST_MEMFD;
+    if (size === 0n) throw new RangeError('size must be > 0 (use delete() to remove a slot)');
+    if (gmem?.closed) throw kvmError('EBADF', memslotWhere(true), 'guestMemfd is closed');
+    const id = o.slot === undefined ? this.#lowestFree(asId) : toInt(o.slot, 'slot', 0, 0xffff);
+    const books = this.#books;
+
+    // Host memory for the slot.
+    let userspace = o.userspace;
+    let made = false;
+    if (userspace === undefined && gmem?.mmapable && gmem.initShared && gmemOffset + size <= gmem.size) {
+      // (A range past the file's end gets no host memory; the kernel refuses it anyway.)
+      ({ mapping: userspace, made } = books.ownMapping(gmem, gmemOffset, size));
+    } else if (userspace === undefined && !gmem) {
+      throw new TypeError('a memslot without guestMemfd needs userspace memory (a Mapping)');
+    }
+    try {
+      if (userspace?.closed) throw kvmError('EBADF', memslotWhere(true), 'userspace mapping is unmapped');
+      let uoff = userspaceOffset ?? 0n;
+      if (userspaceOffset === undefined && userspace && gmem && userspace.guestMemfd === gmem && gmemOffset >= userspace.offset && gmemOffset + size <= userspace.offset + userspace.length) {
+        uoff = gmemOffset - userspace.offset; // the host view aliases the slot's file range
+      }
+      if (userspace && uoff + size > userspace.length) {
+        // A slot larger than its host memory would let the guest reach whatever the process
+        // maps next; the kernel cannot tell, so the library refuses.
+        throw new RangeError(`slot memory [${hex(uoff)}, ${hex(uoff + size)}) is outside its userspace mapping (${hex(userspace.length)} bytes)`);
+      }
+      const region: RegionInput = {
+        v2: true, slot: (asId << 16) | id, flags, guestPhysAddr: gpa, memorySize: size,
+        userspaceAddr: userspace ? userspace.address + uoff : 0n,
+        guestMemfdOffset: gmemOffset, guestMemfd: gmem ? gmem.fd : 0,
+      };
+      const decision = this.#apply(region, gmem);
+      const existing = decision.existing && books.get(id, asId);
+      if (existing) {
+        books.change(existing, decision, flags);
+        if (made) books.dropOwn(userspace!);
+        return existing;
+      }
+      const slot = new Memslot(CREATE, {
+        vm: ctx.vm, id, asId, size, guestMemfd: gmem, guestMemfdOffset: gmemOffset, userspace, userspaceOffset: uoff,
+        userspaceAddr: region.userspaceAddr, guestPhysAddr: gpa, flags, books,
+      });
+      books.insert(slot, decision);
+      return slot;
+    } catch (e) {
+      if (made) books.dropOwn(userspace!);
+      throw e;
+    }
+  }
+
+  /** KVM_SET_USER_MEMORY_REGION2 with size 0. Accepts the Memslot or its id. */
+  delete(slot: Memslot | number, asId = 0): void {
+    this.#ctx.checkOpen('ioctl');
+    let id: number;
+    if (typeof slot === 'object' && slot !== null) {
+      if (!slotState.has(slot)) throw new TypeError(`slot must be a Memslot or a slot id, got ${typeName(slot)}`);
+      if (slot.vm !== this.#ctx.vm) throw new TypeError('that memslot belongs to another VM');
+      id = slot.id;
+      asId = slot.asId;
+    } else {
+      id = toInt(slot, 'slot', 0, 0xffff);
+      asId = toInt(asId, 'asId', 0, 0xffff);
+    }
+    const region: RegionInput = {
+      v2: true, slot: (asId << 16) | id, flags: 0, guestPhysAddr: 0n, memorySize: 0n,
+      userspaceAddr: 0n, guestMemfdOffset: 0n, guestMemfd: 0,
+    };
+    this.#apply(region, undefined);
+    const s = this.#books.get(id, asId);
+    if (s) this.#books.remove(s);
+  }
+
+  #lowestFree(asId: number): number {
+    const id = this.#books.lowestFree(asId);
+    if (id === undefined) throw kvmError('EINVAL', memslotWhere(true), `every slot id below KVM_USER_MEM_SLOTS (${KVM_USER_MEM_SLOTS}) is in use`);
+    return id;
+  }
+
+  /** Runs the rules, then the ioctl; throws the explained error; returns what the kernel did. */
+  #apply(region: RegionInput, gmem: GuestMemfd | undefined): MemslotDecision {
+    const ctx = this.#ctx;
+    const where = memslotWhere(true);
+    const verdict = checkMemslot(region, this.#books.context(ctx, gmem));
+    // A conflict with the books is refused before the call, so the error names what is in the
+    // way; unless kernels differ on its code, which only the kernel can then give.
+    if (isViolation(verdict) && ctx.precheck && verdict.books && !verdict.altCodes) throw violationError(verdict, where);
+    try {
+      ctx.raw.setUserMemoryRegion2(ctx.fd, region);
+    } catch (e) {
+      throw explainRefusal(e, () => (isViolation(verdict) ? verdict : undefined), where);
+    }
+    if (!isViolation(verdict)) return verdict;
+    // The kernel accepted what the rules refused: the kernel is right; keep the books true.
+    log('memslot: kernel accepted a region the rules refused (%s: %s)', verdict.rule, verdict.message);
+    const asId = region.slot >>> 16;
+    const id = region.slot & 0xffff;
+    const page = this.#books.page;
+    const existing = this.#books.get(id, asId);
+    return {
+      op: region.memorySize === 0n ? 'delete' : existing ? 'move' : 'create', asId, id,
+      baseGfn: region.guestPhysAddr / page, npages: region.memorySize / page,
+      ...(existing ? { existing: view(existing, page) } : {}),
+    };
+  }
 }

@@ -16,10 +16,13 @@ function canOpen(path: string): string | undefined {
   }
 }
 
+const labHint = (why: string | undefined) => why && `${why}: no KVM on this host; \`npm test\` runs these specs inside the lab (kvm-gmem lab run)`;
 /** Why the real kernel cannot be used here (undefined when /dev/kvm opens). */
-export const kvmUnavailable: string | undefined = canOpen('/dev/kvm');
+export const kvmUnavailable: string | undefined = labHint(canOpen('/dev/kvm'));
 /** Why this project's backend cannot run here (undefined when it can). */
-export const unavailable: string | undefined = backendName === 'kvm' ? canOpen(devicePath) : undefined;
+export const unavailable: string | undefined = backendName === 'kvm' ? labHint(canOpen(devicePath)) : undefined;
+/** Inside the lab: a real kernel under QEMU, where everything runs 5-50x slower than on hardware. */
+export const inLab = process.env.KVM_GMEM_LAB !== undefined;
 /** Whether this project's tests run on the simulator. */
 export const simulated = backendName === 'simulated' || (backendName === 'auto' && canOpen(devicePath) !== undefined);
 
@@ -54,9 +57,10 @@ export function fdCount(): number {
 }
 
 /** Mappings of guest_memfd files in this process (/proc/self/maps shows them as
- * anon_inode:[kvm-gmem]); the total line count also moves with V8's own heap. */
+ * anon_inode:[kvm-gmem] on 6.18, /[kvm-gmem] (deleted) since 6.19); the total line count
+ * also moves with V8's own heap. */
 export function mapCount(): number {
-  return readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.endsWith('[kvm-gmem]')).length;
+  return readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => /\[kvm-gmem\]( \(deleted\))?$/.test(l)).length;
 }
 
 /** FD_CLOEXEC as /proc shows it (O_CLOEXEC bit of the fdinfo flags). */

@@ -1,5 +1,5 @@
 import type { Kvm } from '../index.js';
-import { Cap } from '../raw/constants.js';
+import { Cap } from '../base/uapi.js';
 import { profileToJSON } from '../raw/sim/index.js';
 
 const yes = (b: boolean) => (b ? 'yes' : 'no');

@@ -2,4 +2,4 @@
 export type { RawBackend, RawRegion, RawRegion2, RawMemoryAttributes, RawPreFault, RawStat, RawMapping, Handle } from './types.js';
 export { rawFunctionNames } from './types.js';
 export { nativeBackend, loadAddon, addonCandidates } from './native.js';
-export * from './constants.js';
+export * from '../base/uapi.js';

@@ -11,10 +11,10 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { markAsUntransferable } from 'node:worker_threads';
-import { KvmError } from '../errors.js';
-import { traced } from '../debug.js';
+import { KvmError } from '../base/errors.js';
+import { traced } from './trace.js';
 import type { RawBackend, RawMapping } from './types.js';
-import type { U64 } from '../u64.js';
+import type { U64 } from '../base/args.js';
 
 type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'madvise' | 'run'> & {
   setErrorClass(ctor: typeof KvmError): void;

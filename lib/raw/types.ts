@@ -6,7 +6,7 @@
  * u64 arguments take a bigint or a safe-integer number; a wrong type is a TypeError, an
  * unrepresentable value a RangeError, and a kernel refusal a KvmError with its errno code.
  */
-import type { U64 } from '../u64.js';
+import type { U64 } from '../base/args.js';
 
 /** A file descriptor (native) or a simulated handle (numbers far above real fds). */
 export type Handle = number;

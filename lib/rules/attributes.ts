@@ -1,9 +1,7 @@
-/**
- * KVM_SET_MEMORY_ATTRIBUTES (kvm_vm_ioctl_set_mem_attributes) and KVM_PRE_FAULT_MEMORY
- * (kvm_vcpu_pre_fault_memory) argument rules, in the kernel's order (kernel-spec.md §2e-f).
- */
-import { U64_MAX } from '../raw/constants.js';
-import { hex } from '../u64.js';
+/** KVM_SET_MEMORY_ATTRIBUTES (kvm_vm_ioctl_set_mem_attributes) argument rules, in the kernel's
+ * order (docs/kernel-rules.md, memory attributes). */
+import { hex } from '../base/args.js';
+import { U64_MAX } from '../base/uapi.js';
 import type { Violation } from './types.js';
 
 /** `supported` is kvm_supported_mem_attributes(kvm): PRIVATE for private-memory VMs, else 0. */
@@ -21,14 +19,6 @@ export function checkSetMemoryAttributes(
   }
   if (a.address % pageSize !== 0n || a.size % pageSize !== 0n) {
     return { rule: 'attributes.align', code: 'EINVAL', message: `address ${hex(a.address)} and size ${hex(a.size)} must be page-aligned` };
-  }
-  return undefined;
-}
-
-export function checkPreFault(r: { gpa: bigint; size: bigint; flags: bigint }, pageSize: bigint): Violation | undefined {
-  if (r.flags !== 0n) return { rule: 'prefault.flags', code: 'EINVAL', message: `flags must be 0, got ${hex(r.flags)}` };
-  if (r.gpa % pageSize !== 0n || r.size % pageSize !== 0n || r.size === 0n || r.gpa + r.size > U64_MAX) {
-    return { rule: 'prefault.range', code: 'EINVAL', message: `range [${hex(r.gpa)}, +${hex(r.size)}) must be page-aligned, non-empty and not wrap` };
   }
   return undefined;
 }

@@ -1,11 +1,12 @@
 /**
  * KVM_SET_USER_MEMORY_REGION(2) validation, rule by rule in the kernel's order
- * (kvm_set_memory_region → kvm_gmem_bind; kernel-spec.md §2d). Written once: the simulator
+ * (kvm_set_memory_region → kvm_gmem_bind; docs/kernel-rules.md, memslots). Written once: the simulator
  * runs it as the kernel, and the typed layer runs it before the call to name the slot or range
  * in the way (and to explain a kernel refusal).
  */
-import { KVM_MEM_MAX_NR_PAGES, KVM_MEM_SLOTS_NUM, KVM_USER_MEM_SLOTS, MemFlag, U64_MAX } from '../raw/constants.js';
-import { hex } from '../u64.js';
+import { hex } from '../base/args.js';
+import type { ErrnoCode } from '../base/errors.js';
+import { KVM_MEM_MAX_NR_PAGES, KVM_MEM_SLOTS_NUM, KVM_USER_MEM_SLOTS, MemFlag, U64_MAX } from '../base/uapi.js';
 import type { Violation } from './types.js';
 
 /** A memslot as the rules see it. */
@@ -38,6 +39,11 @@ export interface MemslotContext {
   userAddressMax: bigint;
   /** kvm_mmu_max_gfn(): the highest gfn the MMU maps (52-bit physical addresses: 2^40 - 1). */
   maxGfn: bigint;
+  /**
+   * What kvm_gmem_bind answers for a file range already bound to a slot: EINVAL on 6.18,
+   * EEXIST on 7.x (from a profile); undefined where it is not known (a real host).
+   */
+  gmemBoundCode?: ErrnoCode | undefined;
   slot(asId: number, id: number): SlotView | undefined;
   /** A slot of `asId` other than `id` whose gfn range intersects [start, end). */
   overlapping(asId: number, id: number, gfnStart: bigint, gfnEnd: bigint): SlotView | undefined;
@@ -68,7 +74,7 @@ export interface MemslotDecision {
   existing?: SlotView;
 }
 
-const where = (v2: boolean) => ({
+export const memslotWhere = (v2: boolean) => ({
   syscall: 'ioctl',
   request: v2 ? 'KVM_SET_USER_MEMORY_REGION2' : 'KVM_SET_USER_MEMORY_REGION',
 });
@@ -129,7 +135,7 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
   const decision = (op: MemslotOp): MemslotDecision => ({ op, asId, id, baseGfn, npages, ...(existing ? { existing } : {}) });
 
   if (npages === 0n) {
-    if (!existing) return fail('memslot.delete-missing', `slot ${id} does not exist`, { conflict: { slot: id, asId } });
+    if (!existing) return fail('memslot.delete-missing', `slot ${id} does not exist`, { conflict: { slot: id, asId }, books: true });
     return decision('delete');
   }
 
@@ -137,10 +143,10 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
   if (existing) {
     const ro = MemFlag.READONLY | MemFlag.GUEST_MEMFD;
     if (gmem) {
-      return fail('memslot.gmem-immutable', `slot ${id} exists; a guest_memfd slot can only be deleted, not changed or re-set`, { conflict: { slot: id, asId } });
+      return fail('memslot.gmem-immutable', `slot ${id} exists; a guest_memfd slot can only be deleted, not changed or re-set`, { conflict: { slot: id, asId }, books: true });
     }
     if (r.userspaceAddr !== existing.userspaceAddr || npages !== existing.npages || ((r.flags ^ existing.flags) & ro)) {
-      return fail('memslot.modify', `slot ${id} exists; only its guestPhysAddr and LOG_DIRTY_PAGES may change`, { conflict: { slot: id, asId } });
+      return fail('memslot.modify', `slot ${id} exists; only its guestPhysAddr and LOG_DIRTY_PAGES may change`, { conflict: { slot: id, asId }, books: true });
     }
     if (baseGfn !== existing.baseGfn) op = 'move';
     else if (r.flags !== existing.flags) op = 'flags';
@@ -156,15 +162,16 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
         code: 'EEXIST',
         message: `guest range [${hex(r.guestPhysAddr)}, ${hex(r.guestPhysAddr + r.memorySize)}) overlaps slot ${other.id} at [${hex(start)}, ${hex(start + other.npages * page)})`,
         conflict: { slot: other.id, asId, start, end: start + other.npages * page, space: 'gpa' },
+        books: true,
       };
     }
   }
 
   if (gmem && op === 'create') {
     const g = ctx.gmem(r.guestMemfd);
-    if (g.kind === 'ebadf') return { rule: 'memslot.gmem-fd', code: 'EBADF', message: `guestMemfd ${r.guestMemfd} is not an open file` };
-    if (g.kind === 'not-gmem') return fail('memslot.gmem-fd', `guestMemfd ${r.guestMemfd} is ${g.what}, not a guest_memfd`);
-    if (g.kind === 'foreign') return fail('memslot.gmem-owner', `guestMemfd ${r.guestMemfd} belongs to another VM`);
+    if (g.kind === 'ebadf') return { rule: 'memslot.gmem-fd', code: 'EBADF', message: `guestMemfd ${r.guestMemfd} is not an open file`, books: true };
+    if (g.kind === 'not-gmem') return fail('memslot.gmem-fd', `guestMemfd ${r.guestMemfd} is ${g.what}, not a guest_memfd`, { books: true });
+    if (g.kind === 'foreign') return fail('memslot.gmem-owner', `guestMemfd ${r.guestMemfd} belongs to another VM`, { books: true });
     const end = r.guestMemfdOffset + r.memorySize;
     if (r.guestMemfdOffset >= 1n << 63n || end > g.size) {
       return fail('memslot.gmem-bounds', `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is past the guest_memfd's end (${hex(g.size)})`);
@@ -172,9 +179,15 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     const pg = r.guestMemfdOffset / page;
     const bound = g.boundSlot(pg, pg + npages);
     if (bound) {
-      return fail('memslot.gmem-bound', `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is already bound to slot ${bound.id}: a file offset backs at most one guest frame`, {
+      const code = ctx.gmemBoundCode ?? 'EINVAL';
+      return {
+        rule: 'memslot.gmem-bound',
+        code,
+        message: `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is already bound to slot ${bound.id}: a file offset backs at most one guest frame`,
         conflict: { slot: bound.id, asId: bound.asId, start: r.guestMemfdOffset, end, space: 'file' },
-      });
+        books: true,
+        ...(ctx.gmemBoundCode ? {} : { altCodes: GMEM_BOUND_CODES.filter((c) => c !== code) }),
+      };
     }
   }
   // kvm_arch_prepare_memory_region (x86), after the bind: the slot must end within the MMU's reach.
@@ -187,7 +200,10 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
 /** kvm_mmu_max_gfn() on x86 with 52-bit physical addresses and 4 KiB pages. */
 export const MAX_GFN_52 = (1n << 40n) - 1n;
 
-export const memslotWhere = where;
+/** What kernels answer for a second binding of a file range (6.18: EINVAL, 7.x: EEXIST). */
+export const GMEM_BOUND_CODES: readonly ErrnoCode[] = ['EINVAL', 'EEXIST'];
+
+
 
 export function isViolation(x: Violation | object): x is Violation {
   return 'rule' in x && 'code' in x;

@@ -1,5 +1,5 @@
 /** The few assertions the selftest cases need (they also run outside vitest, in the CLI). */
-import { KvmError } from '../errors.js';
+import { KvmError } from '../base/errors.js';
 
 export class SelftestFailure extends Error {
   override name = 'SelftestFailure';

@@ -9,7 +9,7 @@
 import { readSync, writeSync } from 'node:fs';
 import type { Capabilities } from '../capabilities.js';
 import type { Kvm } from '../kvm.js';
-import { Cap, Falloc, KVM_USER_MEM_SLOTS, Map as MapFlag, MemFlag, MemoryAttribute, Prot } from '../raw/constants.js';
+import { Cap, Falloc, KVM_USER_MEM_SLOTS, MapFlag, MemFlag, MemoryAttribute, Prot } from '../base/uapi.js';
 import type { Vm } from '../vm.js';
 import { check, equal, fails, throwsType } from './assert.js';
 import { readThenWrite } from './programs.js';

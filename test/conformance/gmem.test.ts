@@ -103,7 +103,7 @@ describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'}
 
     test('MAP_PRIVATE is refused: EINVAL', () => {
       using g = vm.createGuestMemfd({ size: PAGE, mmap: true, initShared: true });
-      expectCode(() => kvm.raw.mmap(g.fd, PAGE, 0, 3, constants.Map.PRIVATE), 'EINVAL');
+      expectCode(() => kvm.raw.mmap(g.fd, PAGE, 0, 3, constants.MapFlag.PRIVATE), 'EINVAL');
     });
 
     test('without initShared the library refuses a view that would SIGBUS', () => {

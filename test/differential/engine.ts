@@ -24,7 +24,7 @@
  * the host's overcommit policy, checked before the gmem's own mmap), and reads of mappings
  * over 4 GiB (Node cannot make an ArrayBuffer that large).
  */
-import { Cap, Falloc, GuestMemfdFlag, Map as MapFlag, MemFlag, Prot } from '../../lib/raw/constants.js';
+import { Cap, Falloc, GuestMemfdFlag, MapFlag, MemFlag, Prot } from '../../lib/base/uapi.js';
 import type { Handle, RawBackend, RawMapping } from '../../lib/raw/types.js';
 
 // ---- PRNG ---------------------------------------------------------------------------------

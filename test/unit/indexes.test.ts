@@ -1,9 +1,9 @@
 /** RangeMap against a naive per-key model, and its merging guarantees. */
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { RangeMap } from '../../lib/rangemap.js';
-import { IntervalIndex } from '../../lib/interval.js';
-import { GfnRadix } from '../../lib/gfnradix.js';
+import { RangeMap } from '../../lib/base/rangemap.js';
+import { IntervalIndex } from '../../lib/base/interval.js';
+import { GfnRadix } from '../../lib/base/gfnradix.js';
 
 describe('RangeMap', () => {
   test('equals a per-key model after any sequence of sets; adjacent equal ranges are merged', () => {

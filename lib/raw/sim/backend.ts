@@ -8,16 +8,19 @@
  * Handles are numbers from 1,000,000,000 up, far above real fds, so a mix-up is evident.
  */
 import { fstatSync } from 'node:fs';
-import { kvmError, type ErrnoCode } from '../../errors.js';
-import { IntervalIndex } from '../../interval.js';
-import { RangeMap } from '../../rangemap.js';
+import { toInt, toU64, typeName } from '../../base/args.js';
+import { kvmError, type ErrnoCode } from '../../base/errors.js';
+import { IntervalIndex } from '../../base/interval.js';
+import { RangeMap } from '../../base/rangemap.js';
+import { encodeSregs, RESET_SREGS, resetRegs, REGS_SIZE, SREGS_SIZE } from '../../base/structs.js';
+import { Cap, Falloc, GuestMemfdFlag, KVM_API_VERSION, Madv, MapFlag, MemFlag, MemoryAttribute } from '../../base/uapi.js';
 import { checkMemslot, isViolation, type GmemLookup, type MemslotContext, type RegionInput, type SlotView } from '../../rules/memslot.js';
-import { checkCreateGuestMemfd, checkFallocate, checkMmapCall, type FallocateTarget, type MmapTarget } from '../../rules/gmem.js';
-import { checkPreFault, checkSetMemoryAttributes } from '../../rules/attributes.js';
+import { checkSetMemoryAttributes } from '../../rules/attributes.js';
+import { checkFallocate, type FallocateTarget } from '../../rules/fallocate.js';
+import { checkCreateGuestMemfd } from '../../rules/guest-memfd.js';
+import { checkMmapCall, type MmapTarget } from '../../rules/mmap.js';
+import { checkPreFault } from '../../rules/prefault.js';
 import { violationError, type Violation } from '../../rules/types.js';
-import { toInt, toU64, typeName } from '../../u64.js';
-import { encodeSregs, RESET_SREGS, resetRegs, REGS_SIZE, SREGS_SIZE } from '../structs.js';
-import { Cap, Falloc, GuestMemfdFlag, KVM_API_VERSION, Madv, Map as MapFlag, MemFlag, MemoryAttribute } from '../constants.js';
 import type { Handle, RawBackend, RawMapping, RawMemoryAttributes, RawPreFault, RawRegion, RawRegion2, RawStat } from '../types.js';
 import { nativeBackend } from '../native.js';
 import { AddressSpace, BufferStore, MemfdStore, type FileStore, type MemfdOps, type SimMapping } from './memory.js';
@@ -77,6 +80,8 @@ class SimVcpu {
   sregs = encodeSregs(RESET_SREGS);
   /** The kvm_run area's contents, shared by the vCPU's mappings. */
   run: FileStore | undefined;
+  /** References: the fd and each mapping of the run area (a VMA holds the file). */
+  refs = 1;
   constructor(readonly vm: SimVm, readonly id: number) {}
 }
 
@@ -94,6 +99,8 @@ interface SimVma {
   file: SimFile | undefined;
   /** Anonymous memory: its store goes with the mapping. */
   anonymous: boolean;
+  /** The vCPU whose run area this is (the mapping holds it). */
+  vcpu?: SimVcpu;
 }
 
 const ioctl = (request: string) => ({ syscall: 'ioctl', request });
@@ -198,7 +205,15 @@ export class SimBackend implements RawBackend {
     this.#handles.delete(fd);
     if (o.kind === 'vm') this.#putVm(o.vm);
     else if (o.kind === 'gmem' || o.kind === 'memfd') this.#putFile(o.file);
-    else if (o.kind === 'vcpu') this.#putVm(o.vcpu.vm);
+    else if (o.kind === 'vcpu') this.#putVcpu(o.vcpu);
+  }
+
+  /** Drops a vCPU reference; the last one frees its run area and drops its VM reference. */
+  #putVcpu(v: SimVcpu): void {
+    if (--v.refs > 0) return;
+    v.run?.release();
+    v.run = undefined;
+    this.#putVm(v.vm);
   }
 
   getApiVersion(fd: Handle): number {
@@ -349,7 +364,8 @@ export class SimBackend implements RawBackend {
     } else if (o.kind === 'vcpu') {
       // The kvm_run area (and the pages after it): its bytes, shared by the vCPU's mappings.
       const store = (o.vcpu.run ??= this.#newStore(this.profile.vcpuMmapSize, 'kvm-gmem sim kvm_run'));
-      vma = { mapping: this.#mapStore(store, Number(off), len, true), store, file: undefined, anonymous: false };
+      vma = { mapping: this.#mapStore(store, Number(off), len, true), store, file: undefined, anonymous: false, vcpu: o.vcpu };
+      o.vcpu.refs++;
     } else if (o.kind === 'gmem' || o.kind === 'memfd') {
       const f = o.file;
       const accessible = o.kind === 'memfd' || ((f.flags & GuestMemfdFlag.INIT_SHARED) !== 0n && off < f.size);
@@ -388,6 +404,7 @@ export class SimBackend implements RawBackend {
     this.#vmaByAddress.remove(vma);
     if (vma.anonymous) vma.store.release();
     if (vma.file) this.#putFile(vma.file);
+    if (vma.vcpu) this.#putVcpu(vma.vcpu);
   }
 
   madvise(mapping: RawMapping, offset: bigint | number, length: bigint | number, advice: number): void {
@@ -479,6 +496,7 @@ export class SimBackend implements RawBackend {
       addressSpaces: Math.max(1, this.#cap(vm, Cap.MULTI_ADDRESS_SPACE)),
       userAddressMax: this.profile.userAddressMax,
       maxGfn: (1n << BigInt(this.profile.guestPhysAddrBits - 12)) - 1n,
+      gmemBoundCode: this.profile.gmemBoundErrno ?? 'EINVAL',
       slot: (asId, id) => {
         const s = vm.slots.get((asId << 16) | id);
         return s && view(s);

@@ -19,7 +19,7 @@
  * of a mapping inside the file, and nothing of a file whose pages the host may not touch.
  */
 import { markAsUntransferable } from 'node:worker_threads';
-import { kvmError } from '../../errors.js';
+import { kvmError } from '../../base/errors.js';
 import type { RawMapping } from '../types.js';
 
 const PAGE = 4096;

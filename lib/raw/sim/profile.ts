@@ -7,8 +7,8 @@
  * `kvm-gmem caps --json` prints one (also inside the lab, for each kernel the suite runs on),
  * and profiles/ holds those the project measured.
  */
-import type { ErrnoCode } from '../../errors.js';
-import { Cap, VmType, vmTypeName } from '../constants.js';
+import type { ErrnoCode } from '../../base/errors.js';
+import { Cap, USER_ADDRESS_MAX, VmType, vmTypeName } from '../../base/uapi.js';
 import type { Handle, RawBackend } from '../types.js';
 
 /** KVM_CHECK_EXTENSION answers by capability number; a capability not listed answers 0. */
@@ -35,6 +35,9 @@ export interface SimProfile {
    * ENOSPC; EOPNOTSUPP once a memslot exists).
    */
   preFaultWithoutSlots?: ErrnoCode | undefined;
+  /** What binding a file range that another slot binds gives (6.18: EINVAL; 7.x: EEXIST);
+   * absent where no VM type takes guest_memfd slots. */
+  gmemBoundErrno?: ErrnoCode | undefined;
 }
 
 /** Capability numbers a profile measures: every one up to here (the kernel's list ends near 250). */
@@ -75,7 +78,7 @@ export const defaultProfile: SimProfile = {
   },
   memoryAttributesIoctl: true,
   guestPhysAddrBits: 52,
-  userAddressMax: 0x7ffffffff000n,
+  userAddressMax: USER_ADDRESS_MAX,
   vcpuMmapSize: 12288,
 };
 
@@ -153,6 +156,7 @@ export function measureProfile(raw: RawBackend, sysFd: Handle, name: string, rel
     // TASK_SIZE_MAX: 5-level paging, else 4-level.
     const userAddressMax = [(1n << 56n) - page, (1n << 47n) - page].find((end) => slot(0n, end - page) === undefined) ?? (1n << 47n) - page;
     const attrs = outcome(() => raw.setMemoryAttributes(fd, { address: 0, size: page, attributes: 0, flags: 1 }));
+    const gmemBoundErrno = measureGmemBound(raw, sysFd, vm, page);
     return {
       name,
       release,
@@ -162,8 +166,27 @@ export function measureProfile(raw: RawBackend, sysFd: Handle, name: string, rel
       userAddressMax,
       vcpuMmapSize: raw.getVcpuMmapSize(sysFd),
       ...(preFaultWithoutSlots ? { preFaultWithoutSlots } : {}),
+      ...(gmemBoundErrno ? { gmemBoundErrno } : {}),
     };
   } finally {
+    raw.close(fd);
+  }
+}
+
+/** Binds one page of a guest_memfd twice, on the first VM type that takes gmem slots. */
+function measureGmemBound(raw: RawBackend, sysFd: Handle, vm: Record<number, CapTable>, page: bigint): ErrnoCode | undefined {
+  const type = Object.keys(vm).map(Number).find((t) => vm[t]![Cap.GUEST_MEMFD]);
+  if (type === undefined) return undefined;
+  const fd = raw.createVm(sysFd, type);
+  let gmem: Handle | undefined;
+  try {
+    gmem = raw.createGuestMemfd(fd, page, 0);
+    const bind = (slot: number, gpa: bigint) => () =>
+      raw.setUserMemoryRegion2(fd, { slot, flags: 4, guestPhysAddr: gpa, memorySize: page, guestMemfd: gmem!, guestMemfdOffset: 0 });
+    if (outcome(bind(0, 0n)) !== undefined) return undefined;
+    return outcome(bind(1, page));
+  } finally {
+    if (gmem !== undefined) raw.close(gmem);
     raw.close(fd);
   }
 }
@@ -183,6 +206,7 @@ export function profileToJSON(p: SimProfile): object {
     userAddressMax: `0x${p.userAddressMax.toString(16)}`,
     vcpuMmapSize: p.vcpuMmapSize,
     ...(p.preFaultWithoutSlots ? { preFaultWithoutSlots: p.preFaultWithoutSlots } : {}),
+    ...(p.gmemBoundErrno ? { gmemBoundErrno: p.gmemBoundErrno } : {}),
   };
 }
 
@@ -226,5 +250,6 @@ export function profileFromJSON(data: unknown): SimProfile {
     userAddressMax: BigInt(o.userAddressMax as string),
     vcpuMmapSize: o.vcpuMmapSize as number,
     preFaultWithoutSlots: typeof o.preFaultWithoutSlots === 'string' ? (o.preFaultWithoutSlots as ErrnoCode) : undefined,
+    gmemBoundErrno: typeof o.gmemBoundErrno === 'string' ? (o.gmemBoundErrno as ErrnoCode) : undefined,
   };
 }

@@ -9,7 +9,7 @@
  *                        gdt @192, idt @208, cr0, cr2, cr3, cr4, cr8, efer, apic_base
  *                        (u64 @224..279), interrupt_bitmap (4 x u64 @280)
  */
-import { toOptions, toU64, toInt, type U64 } from '../u64.js';
+import { toOptions, toU64, toInt, type U64 } from './args.js';
 
 export const REG_NAMES = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags'] as const;
 /** struct kvm_regs, by name. */

@@ -1,8 +1,6 @@
-import { debuglog } from 'node:util';
-import { rawFunctionNames, type RawBackend } from './raw/types.js';
-
 /** NODE_DEBUG=kvm-gmem traces every raw call with its arguments and result. */
-export const log = debuglog('kvm-gmem');
+import { log } from '../base/log.js';
+import { rawFunctionNames, type RawBackend } from './types.js';
 
 function show(v: unknown): string {
   if (typeof v === 'bigint') return `${v}n`;

@@ -1,6 +1,6 @@
 /**
- * KVM UAPI constants (Linux 6.18, x86-64) used by both backends and the typed layer.
- * Values as in include/uapi/linux/kvm.h; see shared kernel-spec.md §1.
+ * KVM UAPI constants (x86-64) used by every layer: values as in include/uapi/linux/kvm.h,
+ * arch/x86/include/uapi/asm/kvm.h and the libc headers (docs/kernel-rules.md, UAPI).
  */
 
 /** KVM_CHECK_EXTENSION capability numbers. */
@@ -53,6 +53,18 @@ export function vmTypeName(type: number): VmTypeName | undefined {
   return (Object.keys(VmType) as VmTypeName[]).find((k) => VmType[k] === type);
 }
 
+/** Whether `name` is a VM type's name (an own key: 'toString' is not one). */
+export function isVmTypeName(name: string): name is VmTypeName {
+  return Object.hasOwn(VmType, name);
+}
+
+/** The VM types of a KVM_CAP_VM_TYPES mask, by name where known. */
+export function decodeVmTypes(mask: number): (VmTypeName | number)[] {
+  const out: (VmTypeName | number)[] = [];
+  for (let t = 0; t < 32; t++) if (mask & (1 << t)) out.push(vmTypeName(t) ?? t);
+  return out;
+}
+
 /** fallocate(2) modes. */
 export const Falloc = {
   KEEP_SIZE: 0x01,
@@ -66,7 +78,7 @@ export const Falloc = {
 
 /** mmap(2) protections and flags. */
 export const Prot = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
-export const Map = { SHARED: 0x01, PRIVATE: 0x02, SHARED_VALIDATE: 0x03, FIXED: 0x10, ANONYMOUS: 0x20 } as const;
+export const MapFlag = { SHARED: 0x01, PRIVATE: 0x02, SHARED_VALIDATE: 0x03, FIXED: 0x10, ANONYMOUS: 0x20, FIXED_NOREPLACE: 0x100000 } as const;
 
 /** madvise(2) advice. */
 export const Madv = { NORMAL: 0, WILLNEED: 3, DONTNEED: 4, FREE: 8, REMOVE: 9 } as const;
@@ -81,3 +93,17 @@ export const KVM_MEM_MAX_NR_PAGES = (1n << 31n) - 1n;
 export const KVM_API_VERSION = 12;
 
 export const U64_MAX = (1n << 64n) - 1n;
+/** The largest loff_t (file offsets and sizes are signed 64-bit in the kernel). */
+export const LOFF_MAX = (1n << 63n) - 1n;
+
+/** Highest end (userspace_addr + memory_size) of a user range that access_ok() accepts on
+ * x86-64 with 4-level paging: TASK_SIZE_MAX. */
+export const USER_ADDRESS_MAX = 0x7ffffffff000n;
+
+/** kvm_run.exit_reason values the library decodes. */
+export const ExitReason = {
+  IO: 2, HYPERCALL: 3, HLT: 5, MMIO: 6, SHUTDOWN: 8, FAIL_ENTRY: 9, INTR: 10, INTERNAL_ERROR: 17, MEMORY_FAULT: 39,
+} as const;
+
+/** kvm_run.memory_fault.flags: the access was to private memory. */
+export const MEMORY_EXIT_FLAG_PRIVATE = 1n << 3n;

@@ -1,4 +1,5 @@
-import { U64_MAX } from './raw/constants.js';
+/** Argument conversion for every layer: u64s, integers, options objects, with the errors they raise. */
+import { U64_MAX } from './uapi.js';
 
 /** A kernel u64 as the API accepts it: a bigint, or a non-negative safe-integer number. */
 export type U64 = bigint | number;
@@ -28,11 +29,6 @@ export function checkU64(value: unknown, name: string): U64 {
     return value;
   }
   throw new TypeError(`${name} must be a bigint or a number, got ${typeName(value)}`);
-}
-
-/** An optional u64: undefined gives `fallback`. */
-export function toU64Or(value: unknown, name: string, fallback: bigint): bigint {
-  return value === undefined ? fallback : toU64(value, name);
 }
 
 /** An integer number within [min, max]. */
