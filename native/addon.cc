@@ -5,8 +5,11 @@
 //     a non-negative safe-integer number. A wrong type is a TypeError, a value that does not
 //     fit is a RangeError; nothing reaches the kernel in either case.
 //   - errno is captured right after the syscall and thrown as KvmError.
-//   - Every fd returned is FD_CLOEXEC (the kernel leaves it off guest_memfd fds) and is
-//     recorded in the environment's registry until close().
+//   - Every fd returned is FD_CLOEXEC (the kernel leaves it off guest_memfd fds), lives in the
+//     environment's own range of fd numbers, and is recorded in its registry (with its kind)
+//     until close().
+//   - Every argument is read before any fd is checked (Args::Done()): a getter cannot swap
+//     the file behind a checked fd.
 //   - Mappings are identified by address; their ArrayBuffer is made only when asked for.
 //   - The functions are plain Node-API callbacks created with the addon instance as their
 //     data: on calls as cheap as KVM_CHECK_EXTENSION, a heavier wrapper would show.
@@ -16,10 +19,14 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "args.h"
@@ -59,8 +66,9 @@ napi_value IoctlInt(napi_env env, napi_callback_info info, unsigned long request
   Args a(env, info, 2);
   int fd = a.Fd(0, "fd");
   int32_t arg = withArg ? a.Int32(1, "arg") : 0;
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   int r = sys::Ioctl(fd, request, static_cast<unsigned long>(arg));  // (sign-extended, as libc passes an int)
+  if (r >= 0 && request == KVM_GET_VCPU_MMAP_SIZE) a.addon()->vcpuMmapSize = r;
   return r < 0 ? Fail(a, "ioctl", name) : Int(env, r);
 }
 
@@ -73,7 +81,12 @@ napi_value SetErrorClass(napi_env env, napi_callback_info info) {
     a.Fail(true, "setErrorClass expects a constructor");
     return nullptr;
   }
+  if (a.addon()->errorClassSet) {
+    a.Fail(true, "setErrorClass: the error class is set once, by the loader (lib/raw/native.ts)");
+    return nullptr;
+  }
   a.addon()->errorClass = Napi::Persistent(Napi::Function(env, a.arg(0)));
+  a.addon()->errorClassSet = true;
   return Undefined(env);
 }
 
@@ -92,7 +105,11 @@ napi_value Open(napi_env env, napi_callback_info info) {
     return nullptr;
   }
   int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  return fd < 0 ? Fail(a, "open", nullptr) : a.addon()->NewFd(env, fd);
+  if (fd < 0) return Fail(a, "open", nullptr);
+  // /dev/kvm is the misc device 10:232; anything else is a file the kernel may refuse.
+  struct stat st;
+  bool kvm = ::fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && major(st.st_rdev) == 10 && minor(st.st_rdev) == 232;
+  return a.addon()->NewFd(env, fd, kvm ? Kind::System : Kind::File);
 }
 
 // close(fd): closes an fd this environment opened through the addon. Any other fd is EBADF
@@ -128,9 +145,9 @@ napi_value CreateFd(napi_env env, napi_callback_info info, unsigned long request
   Args a(env, info);
   int fd = a.Fd(0, "fd");
   uint32_t arg = a.Uint32(1, request == KVM_CREATE_VM ? "type" : "vcpuId");
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   int r = sys::Ioctl(fd, request, static_cast<unsigned long>(arg));
-  return r < 0 ? Fail(a, "ioctl", name) : a.addon()->NewFd(env, r);
+  return r < 0 ? Fail(a, "ioctl", name) : a.addon()->NewFd(env, r, request == KVM_CREATE_VM ? Kind::Vm : Kind::Vcpu);
 }
 
 napi_value CreateVm(napi_env env, napi_callback_info info) {
@@ -148,13 +165,13 @@ napi_value CreateGuestMemfd(napi_env env, napi_callback_info info) {
   int fd = a.Fd(0, "vmFd");
   gmem.size = a.Uint64(1, "size");
   gmem.flags = a.Uint64(2, "flags");
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   int g = sys::Ioctl(fd, KVM_CREATE_GUEST_MEMFD, &gmem);
   if (g < 0) return Fail(a, "ioctl", "KVM_CREATE_GUEST_MEMFD");
   // The kernel creates gmem fds without O_CLOEXEC; a child exec'd later must not inherit one
   // (it would pin the VM). F_SETFD cannot fail on a valid fd.
   fcntl(g, F_SETFD, FD_CLOEXEC);
-  return a.addon()->NewFd(env, g);
+  return a.addon()->NewFd(env, g, Kind::Gmem, gmem.flags);
 }
 
 // The fields v1 and v2 share (kvm_userspace_memory_region2 starts as the v1 struct does).
@@ -174,7 +191,7 @@ napi_value SetUserMemoryRegion(napi_env env, napi_callback_info info) {
   int fd = a.Fd(0, "vmFd");
   napi_value o = a.Object(1, "region");
   ReadRegion(a, o, &r);
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   return sys::Ioctl(fd, KVM_SET_USER_MEMORY_REGION, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION") : Undefined(env);
 }
 
@@ -188,7 +205,7 @@ napi_value SetUserMemoryRegion2(napi_env env, napi_callback_info info) {
   ReadRegion(a, o, &r);
   r.guest_memfd_offset = a.Uint64Prop(o, "guestMemfdOffset", false);
   r.guest_memfd = a.Uint32Prop(o, "guestMemfd", false);
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   return sys::Ioctl(fd, KVM_SET_USER_MEMORY_REGION2, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION2") : Undefined(env);
 }
 
@@ -202,7 +219,7 @@ napi_value SetMemoryAttributes(napi_env env, napi_callback_info info) {
   m.size = a.Uint64Prop(o, "size", true);
   m.attributes = a.Uint64Prop(o, "attributes", true);
   m.flags = a.Uint64Prop(o, "flags", false);
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   return sys::Ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &m) < 0 ? Fail(a, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES") : Undefined(env);
 }
 
@@ -216,7 +233,7 @@ napi_value PreFaultMemory(napi_env env, napi_callback_info info) {
   p.gpa = a.Uint64Prop(o, "gpa", true);
   p.size = a.Uint64Prop(o, "size", true);
   p.flags = a.Uint64Prop(o, "flags", false);
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   if (sys::Ioctl(fd, KVM_PRE_FAULT_MEMORY, &p) < 0) return Fail(a, "ioctl", "KVM_PRE_FAULT_MEMORY");
   napi_value out;
   napi_create_object(env, &out);
@@ -233,8 +250,35 @@ napi_value Fallocate(napi_env env, napi_callback_info info) {
   int32_t mode = a.Int32(1, "mode");
   uint64_t offset = a.Uint64(2, "offset");
   uint64_t length = a.Uint64(3, "length");
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   return sys::Fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0 ? Fail(a, "fallocate", nullptr) : Undefined(env);
+}
+
+// enableCap(fd, cap, args?): KVM_ENABLE_CAP with args[0..3] (u64s, missing ones 0), flags 0.
+napi_value EnableCap(napi_env env, napi_callback_info info) {
+  Args a(env, info, 3);
+  kvm_enable_cap c = {};
+  int fd = a.Fd(0, "fd");
+  c.cap = a.Uint32(1, "cap");
+  napi_valuetype t;
+  napi_typeof(env, a.arg(2), &t);
+  if (a.ok && t != napi_undefined) {
+    bool array = false;
+    napi_is_array(env, a.arg(2), &array);
+    uint32_t n = 0;
+    if (array) napi_get_array_length(env, a.arg(2), &n);
+    if (!array || n > 4) a.Fail(true, "args must be an array of at most 4 u64s");
+    for (uint32_t i = 0; a.ok && i < n; i++) {
+      napi_value v;
+      if (napi_get_element(env, a.arg(2), i, &v) != napi_ok) {
+        a.ok = false;  // a throwing getter
+        break;
+      }
+      c.args[i] = a.Uint64Value(v, "args[i]");
+    }
+  }
+  if (!a.Done()) return nullptr;
+  return sys::Ioctl(fd, KVM_ENABLE_CAP, &c) < 0 ? Fail(a, "ioctl", "KVM_ENABLE_CAP") : Undefined(env);
 }
 
 // memfdCreate(name): a memfd (MFD_CLOEXEC), shared memory that is not gmem: the host half of
@@ -248,15 +292,23 @@ napi_value MemfdCreate(napi_env env, napi_callback_info info) {
     return nullptr;
   }
   int fd = static_cast<int>(syscall(SYS_memfd_create, name, MFD_CLOEXEC));
-  return fd < 0 ? Fail(a, "memfd_create", nullptr) : a.addon()->NewFd(env, fd);
+  return fd < 0 ? Fail(a, "memfd_create", nullptr) : a.addon()->NewFd(env, fd, Kind::Memfd);
 }
 
-// ftruncate(fd, length): sets a memfd's size (sparse: no page is allocated).
+// ftruncate(fd, length): sets a memfd's size (sparse: no page is allocated). Shrinking a
+// file below what a mapping of it may touch is EBUSY: its views would fault.
 napi_value Ftruncate(napi_env env, napi_callback_info info) {
   Args a(env, info, 2);
   int fd = a.Fd(0, "fd");
   uint64_t length = a.Uint64(1, "length");
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
+  for (const auto& [addr, m] : a.addon()->registry->mappings) {
+    if (m.fd == fd && m.accessible > 0 && m.offset + m.accessible > length) {
+      errno = EBUSY;
+      a.addon()->ThrowErrno(env, EBUSY, "ftruncate", nullptr, "the file is mapped past that length: unmap it first");
+      return nullptr;
+    }
+  }
   return ::ftruncate(fd, static_cast<off_t>(length)) < 0 ? Fail(a, "ftruncate", nullptr) : Undefined(env);
 }
 
@@ -264,7 +316,7 @@ napi_value Ftruncate(napi_env env, napi_callback_info info) {
 napi_value Fstat(napi_env env, napi_callback_info info) {
   Args a(env, info);
   int fd = a.Fd(0, "fd");
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
   struct stat st;
   if (::fstat(fd, &st) < 0) return Fail(a, "fstat", nullptr);
   Napi::Object out = Napi::Object::New(env);
@@ -290,10 +342,13 @@ napi_value Mmap(napi_env env, napi_callback_info info) {
   uint64_t offset = a.Uint64(2, "offset");
   int32_t prot = a.Int32(3, "prot");
   if (a.ok && (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))) a.Fail(false, "mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported");
-  if (!a.ok) return nullptr;
+  if (!a.Done()) return nullptr;
+  Addon* addon = a.addon();
+  Kind kind = anonymous ? Kind::None : addon->registry->KindOf(fd);
   void* p = sys::Mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Fail(a, "mmap", nullptr);
-  a.addon()->registry->mappings.try_emplace(p, Mapping{p, static_cast<size_t>(length), fd, prot, flags});
+  size_t accessible = addon->Accessible(fd, kind, offset, length, anonymous);
+  addon->registry->mappings.try_emplace(p, Mapping{p, static_cast<size_t>(length), static_cast<size_t>(offset), fd, prot, flags, kind, accessible});
   // A number: user addresses are below 2^47, exact in a double, and a number costs no heap
   // allocation (the raw layer makes a bigint only when asked for one).
   napi_value out;
@@ -310,11 +365,11 @@ Mapping* MappingArg(Args& a) {
 }
 
 // mappingBuffer(address[, offset, length]): an external ArrayBuffer over the mapping
-// (zero-copy): the whole of it (the same buffer each time; up to 4 GiB, the most Node puts
-// in one buffer), or a window [offset, offset + length) of it (a new buffer each call).
-// munmap detaches them all. As in C, touching bytes the kernel will not fault in (past EOF,
-// or a guest_memfd without INIT_SHARED) raises SIGBUS: the typed Mapping never hands out
-// such bytes.
+// (zero-copy): all of it that can be touched (the same buffer each time; up to 4 GiB, the
+// most Node puts in one buffer), or a window [offset, offset + length) of it (a new buffer
+// each call). munmap detaches them all. No buffer reaches bytes that would fault (past a
+// file's end, a guest_memfd without INIT_SHARED, a file the addon did not make) or a mapping
+// that is not readable and writable: EFAULT / EACCES instead.
 napi_value MappingBuffer(napi_env env, napi_callback_info info) {
   Args a(env, info, 3);
   Mapping* m = MappingArg(a);
@@ -323,10 +378,21 @@ napi_value MappingBuffer(napi_env env, napi_callback_info info) {
   napi_typeof(env, a.arg(1), &t);
   bool whole = t == napi_undefined;
   uint64_t offset = whole ? 0 : a.Uint64(1, "offset");
-  uint64_t length = whole ? m->length : a.Uint64(2, "length");
+  uint64_t length = whole ? m->accessible : a.Uint64(2, "length");
   if (a.ok && (offset > m->length || length > m->length - offset)) a.Fail(false, "window is outside the mapping");
   if (a.ok && length > (uint64_t{1} << 32)) a.Fail(false, "a buffer holds at most 4 GiB: take a window (offset, length)");
   if (!a.ok) return nullptr;
+  // A buffer is writable: only over memory that is mapped readable and writable, and only
+  // over bytes that cannot fault (a guest_memfd without INIT_SHARED, a file past its end, a
+  // file the addon knows nothing of: SIGBUS on the first touch).
+  if ((m->prot & (PROT_READ | PROT_WRITE)) != (PROT_READ | PROT_WRITE)) {
+    a.addon()->ThrowErrno(env, EACCES, "mmap", nullptr, "the mapping is not readable and writable: no buffer over it");
+    return nullptr;
+  }
+  if (offset + length > m->accessible || (whole && m->accessible == 0)) {
+    a.addon()->ThrowErrno(env, EFAULT, "mmap", nullptr, "those bytes of the mapping would fault (past the file's end, or not host-accessible): no buffer over them");
+    return nullptr;
+  }
   napi_value buffer;
   if (whole && m->buffer && napi_get_reference_value(env, m->buffer, &buffer) == napi_ok && buffer) return buffer;
   if (napi_create_external_arraybuffer(env, static_cast<uint8_t*>(m->addr) + offset, length, nullptr, nullptr, &buffer) != napi_ok) {
@@ -396,11 +462,7 @@ napi_value Munmap(napi_env env, napi_callback_info info) {
 
 }  // namespace
 
-int Args::Fd(size_t i, const char* name) {
-  int fd = Int32(i, name);
-  if (ok && !addon()->registry->Owns(fd)) NotOurFd(name);
-  return fd;
-}
+bool Args::Owned(int fd) const { return addon()->registry->Owns(fd); }
 
 void Args::NotOurFd(const char* name) {
   ok = false;
@@ -438,6 +500,7 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
       {"memfdCreate", MemfdCreate},
       {"ftruncate", Ftruncate},
       {"madvise", Madvise},
+      {"enableCap", EnableCap},
       {"mmap", Mmap},
       {"munmap", Munmap},
       {"mappingBuffer", MappingBuffer},
@@ -456,9 +519,16 @@ void Addon::Cleanup(Registry* registry) {
   StopRuns(registry);  // first: a vCPU thread must not outlive the fds and mappings below
   for (auto& [addr, m] : registry->mappings) munmap(m.addr, m.length);  // (its buffer references go with the environment)
   registry->mappings.clear();
-  for (size_t fd = 0; fd < registry->owned.size(); fd++)
-    if (registry->owned[fd]) ::close(static_cast<int>(fd));
-  registry->owned.clear();
+  for (size_t fd = 0; fd < registry->kinds.size(); fd++) {
+    if (registry->kinds[fd] == Kind::None) continue;
+    // Only the file this environment opened: one closed behind the addon's back may since
+    // have been handed to someone else.
+    struct stat st;
+    const FdInfo& id = registry->info[static_cast<int>(fd)];
+    if (::fstat(static_cast<int>(fd), &st) == 0 && st.st_dev == id.dev && st.st_ino == id.ino) ::close(static_cast<int>(fd));
+  }
+  registry->kinds.clear();
+  registry->info.clear();
 }
 
 void Addon::ThrowErrno(napi_env e, int err, const char* syscall, const char* request, const char* detail) {
@@ -483,9 +553,70 @@ void Addon::ThrowErrno(napi_env e, int err, const char* syscall, const char* req
   error.ThrowAsJavaScriptException();
 }
 
-napi_value Addon::NewFd(napi_env env, int fd) {
-  registry->Add(fd);
+namespace {
+// Environments get ranges of fd numbers in turn (a process-wide count, not per-env state).
+std::atomic<unsigned> nextRange{0};
+}  // namespace
+
+// This environment's range: 16 ranges above half of RLIMIT_NOFILE (at most from 65536 up), so
+// that numbers the process hands out (lowest free first) do not reach them.
+static void InitRange(Registry& r) {
+  struct rlimit lim;
+  r.rangeStart = 0;
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return;
+  long limit = static_cast<long>(std::min<rlim_t>(lim.rlim_cur, 1 << 20));
+  long base = std::min(65536L, limit / 2);
+  long stride = std::min(4096L, (limit - base) / 16);
+  if (stride < 16) return;  // too few numbers to spare: fds stay where the kernel put them
+  r.rangeStart = static_cast<int>(base + (nextRange++ % 16) * stride);
+  r.rangeEnd = static_cast<int>(r.rangeStart + stride);
+  r.cursor = r.rangeStart;
+}
+
+napi_value Addon::NewFd(napi_env env, int fd, Kind kind, uint64_t gmemFlags) {
+  Registry& r = *registry;
+  if (r.rangeStart < 0) InitRange(r);
+  if (r.rangeStart > 0) {
+    // The next number of the range, round-robin: a number closed behind the addon's back is
+    // handed out again only after the rest of the range.
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, r.cursor);
+    if (moved >= r.rangeEnd) {
+      ::close(moved);
+      moved = fcntl(fd, F_DUPFD_CLOEXEC, r.rangeStart);
+    }
+    if (moved >= 0) {
+      ::close(fd);
+      fd = moved;
+      r.cursor = moved + 1 < r.rangeEnd ? moved + 1 : r.rangeStart;
+    }
+  }
+  struct stat st;
+  FdInfo id;
+  if (::fstat(fd, &st) == 0) {
+    id.dev = st.st_dev;
+    id.ino = st.st_ino;
+  }
+  id.gmemFlags = gmemFlags;
+  r.Add(fd, kind);
+  r.info[fd] = id;
   return Int(env, fd);
+}
+
+size_t Addon::Accessible(int fd, Kind kind, uint64_t offset, uint64_t length, bool anonymous) {
+  auto within = [&](uint64_t size) -> size_t { return offset >= size ? 0 : static_cast<size_t>(std::min(length, size - offset)); };
+  if (anonymous) return static_cast<size_t>(length);
+  struct stat st;
+  switch (kind) {
+    case Kind::Gmem:
+      if (!(registry->info[fd].gmemFlags & kGuestMemfdFlagInitShared)) return 0;  // every host touch faults
+      return ::fstat(fd, &st) == 0 ? within(static_cast<uint64_t>(st.st_size)) : 0;
+    case Kind::Memfd:
+      return ::fstat(fd, &st) == 0 ? within(static_cast<uint64_t>(st.st_size)) : 0;
+    case Kind::Vcpu:
+      return within(static_cast<uint64_t>(vcpuMmapSize));  // kvm_run and the pages after it
+    default:
+      return 0;  // a file the addon knows nothing of: it may shrink under the mapping
+  }
 }
 
 }  // namespace kvmg

@@ -37,11 +37,33 @@ class Args {
   int32_t Int32(size_t i, const char* name) { return static_cast<int32_t>(Integer(argv_[i], name, INT32_MIN, INT32_MAX)); }
   // An fd to act on: one this environment opened through the addon, else EBADF without a
   // syscall. The raw layer must not touch the process's other files: fallocate on stdout, an
-  // mmap of Node's own files, or a KVM ioctl number on some other driver's device.
-  int Fd(size_t i, const char* name);
+  // mmap of Node's own files, or a KVM ioctl number on some other driver's device. Checked by
+  // Done(), once every argument was read: a getter in a later argument cannot close the fd
+  // and open another file at its number between the check and the syscall.
+  int Fd(size_t i, const char* name) {
+    int fd = Int32(i, name);
+    if (ok && nfds_ < 2) {
+      fds_[nfds_] = fd;
+      fdNames_[nfds_++] = name;
+    }
+    return fd;
+  }
+  // Every argument was read: false (an exception pending) when one was bad, or an fd not ours.
+  bool Done() {
+    if (!ok) return false;
+    for (size_t i = 0; i < nfds_; i++) {
+      if (!Owned(fds_[i])) {
+        NotOurFd(fdNames_[i]);
+        return false;
+      }
+    }
+    return true;
+  }
   __attribute__((noinline, cold)) void NotOurFd(const char* name);
   uint32_t Uint32(size_t i, const char* name) { return static_cast<uint32_t>(Integer(argv_[i], name, 0, UINT32_MAX)); }
   uint64_t Uint64(size_t i, const char* name) { return Uint64Of(argv_[i], name); }
+  // A u64 from any value (an array element).
+  uint64_t Uint64Value(napi_value v, const char* name) { return Uint64Of(v, name); }
 
   // An object argument (nullptr after a failure).
   napi_value Object(size_t i, const char* name) {
@@ -141,9 +163,14 @@ class Args {
     return u;
   }
 
+  bool Owned(int fd) const;
+
   size_t argc_ = kMax;
   napi_value argv_[kMax];
   void* data_ = nullptr;
+  int fds_[2] = {-1, -1};
+  const char* fdNames_[2] = {nullptr, nullptr};
+  size_t nfds_ = 0;
 };
 
 }  // namespace kvmg

@@ -1,5 +1,5 @@
 // The subset of the Linux KVM UAPI (include/uapi/linux/kvm.h, arch/x86/include/uapi/asm/kvm.h)
-// that kvm-gmem uses, as of Linux 6.18.
+// that kvm-gmem uses, as of Linux 6.18 (the same in 7.2 and 7.3).
 //
 // Carried here because distribution headers may predate guest_memfd (Debian 12 ships 6.1,
 // which has none of it). Every struct layout is pinned with static_asserts on size and field
@@ -112,6 +112,15 @@ static_assert(offsetof(kvm_sregs, gdt) == 192, "gdt offset");
 static_assert(offsetof(kvm_sregs, cr0) == 224, "cr0 offset");
 static_assert(offsetof(kvm_sregs, interrupt_bitmap) == 280, "interrupt_bitmap offset");
 
+struct kvm_enable_cap {
+  uint32_t cap;
+  uint32_t flags;
+  uint64_t args[4];
+  uint8_t pad[64];
+};
+static_assert(sizeof(kvm_enable_cap) == 104, "kvm_enable_cap size");
+static_assert(offsetof(kvm_enable_cap, args) == 8, "args offset");
+
 // struct kvm_run: the header fields kvm-gmem touches (the union is decoded in TypeScript).
 constexpr size_t kRunImmediateExit = 1;  // __u8 immediate_exit
 constexpr size_t kRunExitReason = 8;     // __u32 exit_reason
@@ -144,8 +153,10 @@ constexpr unsigned long KVM_CREATE_GUEST_MEMFD =
     IoctlNr(kDirRead | kDirWrite, 0xd4, sizeof(kvm_create_guest_memfd));
 constexpr unsigned long KVM_PRE_FAULT_MEMORY =
     IoctlNr(kDirRead | kDirWrite, 0xd5, sizeof(kvm_pre_fault_memory));
+constexpr unsigned long KVM_ENABLE_CAP = IoctlNr(kDirWrite, 0xa3, sizeof(kvm_enable_cap));
+constexpr uint64_t kGuestMemfdFlagInitShared = 1ull << 1;
 
-// Values the kernel documents (kernel-spec.md §1.3); a wrong encoder fails here.
+// Values the kernel documents (docs/kernel-rules.md, UAPI); a wrong encoder fails here.
 static_assert(KVM_CHECK_EXTENSION == 0xAE03, "KVM_CHECK_EXTENSION");
 static_assert(KVM_RUN == 0xAE80, "KVM_RUN");
 static_assert(KVM_GET_REGS == 0x8090AE81, "KVM_GET_REGS");
@@ -156,5 +167,6 @@ static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40A0AE49, "KVM_SET_USER_MEMORY_RE
 static_assert(KVM_SET_MEMORY_ATTRIBUTES == 0x4020AED2, "KVM_SET_MEMORY_ATTRIBUTES");
 static_assert(KVM_CREATE_GUEST_MEMFD == 0xC040AED4, "KVM_CREATE_GUEST_MEMFD");
 static_assert(KVM_PRE_FAULT_MEMORY == 0xC040AED5, "KVM_PRE_FAULT_MEMORY");
+static_assert(KVM_ENABLE_CAP == 0x4068AEA3, "KVM_ENABLE_CAP");
 
 }  // namespace kvmg

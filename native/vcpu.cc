@@ -93,7 +93,7 @@ Napi::Value GetStruct(Addon* addon, const Napi::CallbackInfo& info, unsigned lon
   Napi::Env env = info.Env();
   Args a(info, addon);
   int fd = a.Fd(0, "vcpuFd");
-  if (!a.ok) return env.Undefined();
+  if (!a.Done()) return env.Undefined();
   T value;
   if (ioctl(fd, request, &value) < 0) {
     int err = errno;
@@ -111,7 +111,7 @@ Napi::Value SetStruct(Addon* addon, const Napi::CallbackInfo& info, unsigned lon
   Args a(info, addon);
   int fd = a.Fd(0, "vcpuFd");
   void* data = nullptr;
-  if (!a.ok || !BytesArg(info, 1, name, sizeof(T), &data)) return env.Undefined();
+  if (!a.Done() || !BytesArg(info, 1, name, sizeof(T), &data)) return env.Undefined();
   T value;
   memcpy(&value, data, sizeof(T));
   if (ioctl(fd, request, &value) < 0) {
@@ -136,13 +136,16 @@ Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, this);
   int fd = a.Fd(0, "vcpuFd");
-  if (!a.ok) return env.Undefined();
   uint64_t addr = a.Uint64(1, "runArea");
-  if (!a.ok) return env.Undefined();
+  if (!a.Done()) return env.Undefined();
+  if (registry->KindOf(fd) != Kind::Vcpu) {
+    ThrowErrno(env, EINVAL, "ioctl", "KVM_RUN", "not a vCPU fd");
+    return env.Undefined();
+  }
   Mapping* m = FindMapping(registry.get(), addr);
   // kick() writes immediate_exit into the area: it must be this vCPU's own kvm_run, mapped
   // shared and writable (any other mapping could be read-only, or someone else's memory).
-  if (!m || m->fd != fd || !(m->prot & PROT_WRITE) || !(m->flags & MAP_SHARED) || m->length < 4096) {
+  if (!m || m->fd != fd || !(m->prot & PROT_WRITE) || !(m->flags & MAP_SHARED) || m->offset != 0 || m->accessible < 4096) {
     Napi::TypeError::New(env, "runArea must be this vCPU's kvm_run, mapped shared and writable").ThrowAsJavaScriptException();
     return env.Undefined();
   }

@@ -131,6 +131,7 @@ export function nativeBackend(): RawBackend {
     createGuestMemfd: a.createGuestMemfd,
     setUserMemoryRegion: a.setUserMemoryRegion,
     setUserMemoryRegion2: a.setUserMemoryRegion2,
+    enableCap: a.enableCap,
     setMemoryAttributes: a.setMemoryAttributes,
     preFaultMemory: a.preFaultMemory,
     fallocate: a.fallocate,
