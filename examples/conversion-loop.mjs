@@ -18,11 +18,10 @@ vm.on('convert', ({ attributes, changed }) => {
   for (const c of changed) console.log(`  convert [${c.start.toString(16)}, ${c.end.toString(16)}) -> ${to}`);
 });
 
-// Shared memory for the slot: the host-accessible gmem of a helper VM, mapped.
-const helper = kvm.createVm();
-const backing = helper.createGuestMemfd({ size: 4n * MiB, mmap: true, initShared: true });
-const shared = backing.map();
-const slot = vm.memslots.add({ guestPhysAddr: 0n, size: 4n * MiB, userspace: shared });
+// The slot's private side is a guest_memfd; its shared side, shared memory the library maps.
+const gmem = vm.createGuestMemfd({ size: 4n * MiB });
+const shared = vm.createSharedMemory({ size: 4n * MiB });
+const slot = vm.memslots.add({ guestPhysAddr: 0n, size: 4n * MiB, guestMemfd: gmem, userspace: shared });
 
 console.log('the guest converts 4 MiB to private:');
 vm.setPrivate(0n, 4n * MiB);
@@ -42,7 +41,6 @@ try {
 }
 vm.setShared(0n, 4n * MiB);
 console.log(`back to shared: ${vm.attributes.count} ranges; slot ${slot.id} still bound`);
-slot.delete(); // first: the mapping cannot be unmapped while a slot uses it
-vm.close();
-helper.close();
+slot.delete();
+vm.close(); // its shared memory and guest_memfd with it
 kvm.close();

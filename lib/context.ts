@@ -34,10 +34,11 @@ export interface VmContext {
   checkOpen(syscall: string): void;
   /** The VM-scope capabilities, read once. */
   caps(): Capabilities;
-  /** Registers a child's raw resources, which the VM's finalizer releases if both are dropped. */
-  adopt(child: object, resources: ChildResources): void;
-  /** A child closed: the VM forgets it (and its resources). */
-  forget(child: object): void;
+  /** Registers a child's raw resources, which the VM's finalizer releases if both are dropped;
+   * the key forgets them. */
+  adopt(resources: ChildResources): number;
+  /** A child closed: the VM forgets it and its resources. */
+  forget(child: object, key: number): void;
   /** The memslot books (which guest ranges a file range backs). */
   readonly books: MemslotBooks;
   /** Emits a VM event after a call changed state; a listener that throws cannot undo the call. */

@@ -32,6 +32,7 @@ export class GuestMemfd {
   #mappings = new Set<Mapping>();
   /** The fd and raw mappings, for the VM's finalizer (which must not reach this object). */
   #resources: ChildResources;
+  #key: number;
 
   /** @hidden made by Vm.createGuestMemfd() */
   constructor(token: symbol, ctx: VmContext, fd: Handle, size: bigint, flags: bigint) {
@@ -42,7 +43,7 @@ export class GuestMemfd {
     this.size = size;
     this.flags = flags;
     this.#resources = { fd, mappings: new Set() };
-    ctx.adopt(this, this.#resources);
+    this.#key = ctx.adopt(this.#resources);
   }
 
   static {
@@ -168,7 +169,7 @@ export class GuestMemfd {
     // Unmapped, except what memslots of another VM use: that stays mapped, on a finalizer of
     // its own, until its last slot goes.
     for (const m of [...this.#mappings]) releaseMapping(m);
-    this.#ctx.forget(this);
+    this.#ctx.forget(this, this.#key);
     this.#ctx.raw.close(this.#fd);
   }
 

@@ -4,7 +4,7 @@ import { KvmError, kvmError } from './base/errors.js';
 import { isVmTypeName, VmType, type VmTypeName } from './base/uapi.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
 import { checkToken, CREATE } from './context.js';
-import { onCollect, SystemHandle, unregister } from './lifetime.js';
+import { onKvmCollect, SystemHandle, unregister } from './lifetime.js';
 import { loadProfile, type ProfileSource } from './profiles.js';
 import { nativeBackend } from './raw/native.js';
 import { SimBackend, defaultProfile, measureProfile, type SimProfile } from './raw/sim/index.js';
@@ -75,7 +75,7 @@ export class Kvm {
       raw.close(fd);
       throw e;
     }
-    onCollect(this, () => system.release());
+    onKvmCollect(this, system);
   }
 
   /** The /dev/kvm fd (or simulated handle). */

@@ -21,9 +21,28 @@ function attempt(release: () => void): void {
 
 const registry = new FinalizationRegistry<() => void>(attempt);
 
-/** Runs `release` when `owner` is collected; unregister(owner) cancels it. */
+/**
+ * Runs `release` when `owner` is collected; unregister(owner) cancels it. Make `release` in a
+ * function of its own, never in the owner's constructor: a closure made there shares the
+ * constructor's context, which holds `this` whenever another closure in it uses `this`, and
+ * the owner would never be collected.
+ */
 export function onCollect(owner: object, release: () => void): void {
   registry.register(owner, release, owner);
+}
+
+/** A VM collected unclosed: what it owns is released, then its fd, then its /dev/kvm reference. */
+export function onVmCollect(owner: object, raw: RawBackend, fd: Handle, resources: Resources, system: SystemHandle): void {
+  onCollect(owner, () => {
+    resources.releaseAll(raw);
+    raw.close(fd);
+    system.release();
+  });
+}
+
+/** A Kvm collected unclosed: its /dev/kvm reference. */
+export function onKvmCollect(owner: object, system: SystemHandle): void {
+  onCollect(owner, () => system.release());
 }
 
 export function unregister(owner: object): void {
@@ -37,18 +56,22 @@ export interface ChildResources {
 }
 
 /**
- * The raw resources of a VM's children, keyed by child, as the VM's finalizer releases them.
- * A child that closes normally removes its entry.
+ * The raw resources of a VM's children, as the VM's finalizer releases them. Keyed by number,
+ * not by child: the finalizer holds this registry, and must not reach the children (they
+ * reach the VM, which could then never be collected). A child that closes removes its entry.
  */
 export class Resources {
-  readonly #entries = new Map<object, ChildResources>();
+  readonly #entries = new Map<number, ChildResources>();
+  #next = 0;
 
-  add(child: object, r: ChildResources): void {
-    this.#entries.set(child, r);
+  /** Registers `r`; the key removes it. */
+  add(r: ChildResources): number {
+    this.#entries.set(++this.#next, r);
+    return this.#next;
   }
 
-  delete(child: object): void {
-    this.#entries.delete(child);
+  delete(key: number): void {
+    this.#entries.delete(key);
   }
 
   /** Unmaps and closes everything still registered (the VM was collected). */

@@ -61,6 +61,7 @@ export class Vcpu {
   #runArea: RawMapping | undefined;
   /** The fd and the run area's mapping, for the VM's finalizer. */
   #resources: ChildResources;
+  #key: number;
   #running: RawRun | undefined;
   /** Kicks the run in flight, recording why. */
   #stop: ((why: 'timeout' | 'canceled') => void) | undefined;
@@ -75,7 +76,7 @@ export class Vcpu {
     this.#fd = fd;
     this.id = id;
     this.#resources = { fd, mappings: new Set() };
-    ctx.adopt(this, this.#resources);
+    this.#key = ctx.adopt(this.#resources);
   }
 
   static {
@@ -190,10 +191,13 @@ export class Vcpu {
    * KVM_HC_MAP_GPA_RANGE a negative errno refuses), written to kvm_run for the guest to read
    * when it runs again. Vm.convert() answers MAP_GPA_RANGE exits itself.
    */
-  completeHypercall(ret: U64 | number): void {
-    this.fd;
+  completeHypercall(ret: bigint | number): void {
+    void this.fd;
+    // A negative errno is written as the guest's register holds it (two's complement).
+    const value = (typeof ret === 'bigint' && ret < 0n && ret >= -(1n << 63n)) || (typeof ret === 'number' && Number.isSafeInteger(ret) && ret < 0)
+      ? BigInt.asUintN(64, BigInt(ret))
+      : toU64(ret, 'ret');
     if (!this.#hypercallPending) throw kvmError('EINVAL', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id} has no hypercall to answer (its last exit was not one)`);
-    const value = typeof ret === 'number' && ret < 0 ? BigInt.asUintN(64, BigInt(ret)) : toU64(ret, 'ret');
     const run = this.#runArea!.view(0, 4096);
     new DataView(run.buffer, run.byteOffset, run.byteLength).setBigUint64(88, value, true);
     this.#hypercallPending = false;
@@ -219,7 +223,7 @@ export class Vcpu {
     const raw = this.#ctx.raw;
     if (this.#runArea) raw.munmap(this.#runArea);
     this.#runArea = undefined;
-    this.#ctx.forget(this);
+    this.#ctx.forget(this, this.#key);
     raw.close(this.#fd);
   }
 

@@ -1,20 +1,20 @@
 import { EventEmitter } from 'node:events';
 import { hex, toBool, toInt, toOptions, toU64, typeName, type U64 } from './base/args.js';
-import { kvmError } from './base/errors.js';
-import { GuestMemfdFlag, MapFlag, MemoryAttribute, Prot, vmTypeName, type VmTypeName } from './base/uapi.js';
+import { isKvmError, kvmError, type KvmError } from './base/errors.js';
+import { Cap, GuestMemfdFlag, Hypercall, MapFlag, MemoryAttribute, Prot, vmTypeName, type VmTypeName } from './base/uapi.js';
 import { AttributeBook, setAttributes, type ChangedRange } from './attributes.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
 import { checkToken, CREATE, type VmContext } from './context.js';
 import { GuestMemfd, releaseGuestMemfd } from './gmem.js';
 import type { Kvm } from './kvm.js';
-import { onCollect, Resources, unregister, type SystemHandle } from './lifetime.js';
+import { onVmCollect, Resources, unregister, type SystemHandle } from './lifetime.js';
 import { Mapping, releaseMapping, type MappingOwner } from './mapping.js';
 import { MemslotBooks, MemslotTable, type GuestRange, type Memslot } from './memslots.js';
 import type { Handle, RawBackend, RawMapping } from './raw/types.js';
 import { checkCreateGuestMemfd } from './rules/guest-memfd.js';
 import { checkSetMemoryAttributes } from './rules/attributes.js';
 import { explainRefusal } from './rules/types.js';
-import { Vcpu } from './vcpu.js';
+import { isVcpu, Vcpu, type VcpuExit } from './vcpu.js';
 
 export interface GuestMemfdOptions {
   size: U64;
@@ -35,6 +35,38 @@ export interface SharedMemoryOptions {
 }
 
 export type { AttributeRange } from './attributes.js';
+
+/** What to convert: a vCPU's MAP_GPA_RANGE hypercall or memory-fault exit, or a range. */
+export type ConversionRequest =
+  | Extract<VcpuExit, { reason: 'hypercall'; nr: 'map-gpa-range' }>
+  | Extract<VcpuExit, { reason: 'memory-fault' }>
+  | { gpa: U64; size: U64; toPrivate: boolean };
+
+export interface ConvertOptions {
+  /** The vCPU whose hypercall this answers (its return value is written for the guest). */
+  vcpu?: Vcpu;
+  /**
+   * Free the side the range leaves (default true, as QEMU does): going private, the slots'
+   * shared memory there (Mapping.discard); going shared, the guest_memfd pages (punchHole,
+   * which the guest then reads as zeros).
+   */
+  discard?: boolean;
+}
+
+/** What vm.convert() did. */
+export interface Conversion {
+  gpa: bigint;
+  size: bigint;
+  toPrivate: boolean;
+  /** Ranges whose attributes changed (empty when the range already was so). */
+  changed: ChangedRange[];
+  /** Bytes of memory freed on the side the range left. */
+  discarded: bigint;
+  /** The hypercall's return value written for the guest (0, or a negative errno). */
+  ret?: bigint;
+  /** Why the conversion was refused (a hypercall's failure is the guest's answer, not a throw). */
+  error?: KvmError;
+}
 
 /** Payload of the Vm's 'invalidate' event (a punch-hole zapped these guest ranges). */
 export interface InvalidateEvent {
@@ -105,9 +137,9 @@ export class Vm extends EventEmitter<VmEvents> {
         if (this.#closed) throw kvmError('EBADF', { syscall }, 'VM is closed');
       },
       caps: () => (this.#caps ??= this.capabilities()),
-      adopt: (child, r) => resources.add(child, r),
-      forget: (child) => {
-        resources.delete(child);
+      adopt: (r) => resources.add(r),
+      forget: (child, key) => {
+        resources.delete(key);
         this.#gmems.delete(child as GuestMemfd);
         this.#vcpus.delete(child as Vcpu);
         this.#shared.delete(child as Mapping);
@@ -128,12 +160,7 @@ export class Vm extends EventEmitter<VmEvents> {
       read: (gpa, length) => this.#read(gpa, length),
       write: (gpa, bytes) => this.#write(gpa, bytes),
     };
-    // Collected unclosed: everything the VM owns is released, then the VM fd.
-    onCollect(this, () => {
-      resources.releaseAll(raw);
-      raw.close(fd);
-      system.release();
-    });
+    onVmCollect(this, raw, fd, resources, system);
   }
 
   get fd(): Handle {
@@ -206,20 +233,23 @@ export class Vm extends EventEmitter<VmEvents> {
     } else {
       mapping = raw.mmap(-1, size, 0, Prot.READ | Prot.WRITE, MapFlag.SHARED | MapFlag.ANONYMOUS);
     }
-    const owner: MappingOwner = { forget: (m) => ctx.forget(m) };
+    let key = 0;
+    const owner: MappingOwner = { forget: (m) => ctx.forget(m, key) };
     const m = new Mapping(CREATE, { owner, raw, mapping, source: memfd ? 'memfd' : 'anonymous', offset: 0n, length: size, ...(fd !== undefined ? { memfd: fd } : {}) });
-    ctx.adopt(m, { ...(fd !== undefined ? { fd } : {}), mappings: new Set([mapping]) });
+    key = ctx.adopt({ ...(fd !== undefined ? { fd } : {}), mappings: new Set([mapping]) });
     this.#shared.add(m);
     return m;
   }
 
   /** KVM_SET_MEMORY_ATTRIBUTES over [gpa, gpa + size); the books change only on success. */
   setMemoryAttributes(gpa: U64, size: U64, attributes: U64): void {
+    this.#ctx.checkOpen('ioctl');
+    this.#setAttributes(toU64(gpa, 'gpa'), toU64(size, 'size'), toU64(attributes, 'attributes'));
+  }
+
+  /** The ioctl, then the books and the 'convert' event: the ranges that changed. */
+  #setAttributes(address: bigint, len: bigint, attrs: bigint): ChangedRange[] {
     const ctx = this.#ctx;
-    ctx.checkOpen('ioctl');
-    const address = toU64(gpa, 'gpa');
-    const len = toU64(size, 'size');
-    const attrs = toU64(attributes, 'attributes');
     const a = { address, size: len, attributes: attrs, flags: 0n };
     try {
       ctx.raw.setMemoryAttributes(ctx.fd, a);
@@ -229,6 +259,97 @@ export class Vm extends EventEmitter<VmEvents> {
     }
     const changed = setAttributes(this.attributes, address, len, attrs);
     if (changed.length) ctx.emit('convert', { attributes: attrs, changed });
+    return changed;
+  }
+
+  /**
+   * KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL): the guest's KVM_HC_MAP_GPA_RANGE hypercalls (its
+   * requests to convert memory) exit to the VMM as { reason: 'hypercall', nr: 'map-gpa-range' },
+   * for vm.convert() to apply.
+   */
+  enableHypercallExits(hypercalls: readonly 'map-gpa-range'[] = ['map-gpa-range']): void {
+    const ctx = this.#ctx;
+    ctx.checkOpen('ioctl');
+    if (!Array.isArray(hypercalls) || hypercalls.some((h) => h !== 'map-gpa-range')) throw new TypeError("hypercalls must be an array of 'map-gpa-range'");
+    const mask = hypercalls.length ? 1n << BigInt(Hypercall.MAP_GPA_RANGE) : 0n;
+    ctx.raw.enableCap(ctx.fd, Cap.EXIT_HYPERCALL, [mask]);
+  }
+
+  /**
+   * Applies a conversion the guest asked for, as a VMM does (QEMU's kvm_convert_memory): the
+   * range's memory attributes set private or shared ('convert' event), the side it leaves
+   * freed unless `discard: false` ('invalidate' for guest_memfd pages), and, for a hypercall
+   * exit, its return value written for the guest (0, or -errno when refused: the guest gets
+   * the refusal, convert() does not throw). Run the vCPU again after.
+   */
+  convert(request: ConversionRequest, options?: ConvertOptions): Conversion {
+    const ctx = this.#ctx;
+    ctx.checkOpen('ioctl');
+    const o = { ...toOptions(options, 'convert options') };
+    const vcpu = o.vcpu;
+    if (vcpu !== undefined && !isVcpu(vcpu)) throw new TypeError(`vcpu must be a Vcpu, got ${typeName(vcpu)}`);
+    const discard = toBool(o.discard, 'discard', true);
+    const r = { ...toOptions(request as object, 'conversion request') } as Record<string, unknown>;
+    let gpa: bigint;
+    let size: bigint;
+    let toPrivate: boolean;
+    const hypercall = r.reason === 'hypercall';
+    if (hypercall) {
+      if (r.nr !== 'map-gpa-range') throw new TypeError(`convert() applies MAP_GPA_RANGE hypercalls, not hypercall ${String(r.nr)}`);
+      if (!vcpu) throw new TypeError('a hypercall is answered on its vCPU: pass { vcpu }');
+      gpa = toU64(r.gpa, 'gpa');
+      size = toU64(r.pages, 'pages') * 4096n;
+      toPrivate = toBool(r.toPrivate, 'toPrivate');
+    } else if (r.reason === 'memory-fault') {
+      gpa = toU64(r.gpa, 'gpa');
+      size = toU64(r.size, 'size');
+      toPrivate = toBool(r.private, 'private');
+    } else if (r.reason === undefined) {
+      gpa = toU64(r.gpa, 'gpa');
+      size = toU64(r.size, 'size');
+      toPrivate = toBool(r.toPrivate, 'toPrivate');
+    } else throw new TypeError(`convert() applies a map-gpa-range hypercall or a memory-fault exit, not a '${String(r.reason)}' exit`);
+    let changed: ChangedRange[];
+    try {
+      changed = this.#setAttributes(gpa, size, toPrivate ? MemoryAttribute.PRIVATE : 0n);
+    } catch (e) {
+      if (!hypercall || !isKvmError(e)) throw e;
+      const ret = -BigInt(e.errno || 22);
+      vcpu!.completeHypercall(BigInt.asUintN(64, ret));
+      return { gpa, size, toPrivate, changed: [], discarded: 0n, ret, error: e };
+    }
+    const discarded = discard && changed.length ? this.#discard(changed, toPrivate) : 0n;
+    if (hypercall) vcpu!.completeHypercall(0n);
+    return { gpa, size, toPrivate, changed, discarded, ...(hypercall ? { ret: 0n } : {}) };
+  }
+
+  /** Frees the side `ranges` left: shared memory going private, guest_memfd pages going shared. */
+  #discard(ranges: readonly ChangedRange[], toPrivate: boolean): bigint {
+    let freed = 0n;
+    for (const { start, end } of ranges) {
+      let at = start;
+      while (at < end) {
+        const slot = this.memslots.find(at);
+        if (!slot) {
+          // No slot here: up to the next one (or the end).
+          const next = this.memslots.list().find((s) => s.asId === 0 && s.guestPhysAddr > at);
+          at = next && next.guestPhysAddr < end ? next.guestPhysAddr : end;
+          continue;
+        }
+        const stop = slot.end < end ? slot.end : end;
+        const n = stop - at;
+        const inSlot = at - slot.guestPhysAddr;
+        if (toPrivate && slot.userspace && slot.userspace.source !== 'guest_memfd' && !slot.userspace.closed) {
+          slot.userspace.discard(slot.userspaceOffset + inSlot, n);
+          freed += n;
+        } else if (!toPrivate && slot.guestMemfd && !slot.guestMemfd.closed) {
+          slot.guestMemfd.punchHole(slot.guestMemfdOffset + inSlot, n);
+          freed += n;
+        }
+        at = stop;
+      }
+    }
+    return freed;
   }
 
   setPrivate(gpa: U64, size: U64): void {

@@ -11,6 +11,7 @@ export const Cap = {
   READONLY_MEM: 81,
   MULTI_ADDRESS_SPACE: 118,
   MAX_VCPU_ID: 128,
+  EXIT_HYPERCALL: 201,
   USER_MEMORY2: 231,
   MEMORY_FAULT_INFO: 232,
   MEMORY_ATTRIBUTES: 233,
@@ -104,6 +105,11 @@ export const USER_ADDRESS_MAX = 0x7ffffffff000n;
 export const ExitReason = {
   IO: 2, HYPERCALL: 3, HLT: 5, MMIO: 6, SHUTDOWN: 8, FAIL_ENTRY: 9, INTR: 10, INTERNAL_ERROR: 17, MEMORY_FAULT: 39,
 } as const;
+
+/** Hypercalls KVM can hand to userspace (KVM_CAP_EXIT_HYPERCALL's bit numbers). */
+export const Hypercall = { MAP_GPA_RANGE: 12 } as const;
+/** KVM_HC_MAP_GPA_RANGE attributes (args[2]): the range becomes private (else shared). */
+export const MAP_GPA_RANGE_ENCRYPTED = 1n << 4n;
 
 /** kvm_run.memory_fault.flags: the access was to private memory. */
 export const MEMORY_EXIT_FLAG_PRIVATE = 1n << 3n;

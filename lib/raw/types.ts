@@ -97,6 +97,8 @@ export interface RawBackend {
   setUserMemoryRegion(vmFd: Handle, region: RawRegion): void;
   /** KVM_SET_USER_MEMORY_REGION2 */
   setUserMemoryRegion2(vmFd: Handle, region: RawRegion2): void;
+  /** KVM_ENABLE_CAP(cap, args[0..3]) on a VM (or vCPU) fd */
+  enableCap(fd: Handle, cap: number, args?: readonly U64[]): void;
   /** KVM_SET_MEMORY_ATTRIBUTES */
   setMemoryAttributes(vmFd: Handle, attributes: RawMemoryAttributes): void;
   /** KVM_PRE_FAULT_MEMORY on a vCPU: the range not yet faulted in */
@@ -131,6 +133,6 @@ export interface RawBackend {
 export const rawFunctionNames = [
   'open', 'close', 'getApiVersion', 'checkExtension', 'createVm', 'getVcpuMmapSize',
   'createVcpu', 'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2',
-  'setMemoryAttributes', 'preFaultMemory', 'fallocate', 'fstat', 'mmap', 'munmap', 'madvise', 'memfdCreate', 'ftruncate',
+  'enableCap', 'setMemoryAttributes', 'preFaultMemory', 'fallocate', 'fstat', 'mmap', 'munmap', 'madvise', 'memfdCreate', 'ftruncate',
   'getRegs', 'setRegs', 'getSregs', 'setSregs', 'run',
 ] as const satisfies readonly (keyof RawBackend)[];

@@ -46,3 +46,32 @@ export function printString(addr: number, len: number): Uint8Array {
     0xf4, //                            hlt
   );
 }
+
+// ---- pieces for longer programs ------------------------------------------------------------
+
+const le32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
+
+/** mov al, [addr]; out 0x10, al */
+export const reportByte = (addr: number) => [0xa0, addr & 0xff, addr >> 8, 0xe6, 0x10];
+/** mov byte [addr], value */
+export const storeByte = (addr: number, value: number) => [0xc6, 0x06, addr & 0xff, addr >> 8, value];
+/** out 0x10, al (the low byte of eax: a hypercall's return value) */
+export const reportAl = [0xe6, 0x10];
+/** hlt */
+export const halt = [0xf4];
+
+/**
+ * A KVM hypercall from real mode: mov eax, nr; mov ebx, a0; mov ecx, a1; mov edx, a2; vmmcall.
+ * (Outside long mode KVM reads the 32-bit registers; on Intel, KVM turns vmmcall into vmcall.)
+ */
+export function hypercall(nr: number, a0: number, a1: number, a2: number): number[] {
+  return [0x66, 0xb8, ...le32(nr), 0x66, 0xbb, ...le32(a0), 0x66, 0xb9, ...le32(a1), 0x66, 0xba, ...le32(a2), 0x0f, 0x01, 0xd9];
+}
+
+/** KVM_HC_MAP_GPA_RANGE(gpa, pages, private or shared): the guest asks for a conversion. */
+export function mapGpaRange(gpa: number, pages: number, toPrivate: boolean): number[] {
+  return hypercall(12, gpa, pages, toPrivate ? 0x10 : 0);
+}
+
+/** The pieces, one program. */
+export const program = (...pieces: number[][]) => Uint8Array.from(pieces.flat());

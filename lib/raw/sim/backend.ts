@@ -13,7 +13,7 @@ import { kvmError, type ErrnoCode } from '../../base/errors.js';
 import { IntervalIndex } from '../../base/interval.js';
 import { RangeMap } from '../../base/rangemap.js';
 import { encodeSregs, RESET_SREGS, resetRegs, REGS_SIZE, SREGS_SIZE } from '../../base/structs.js';
-import { Cap, Falloc, GuestMemfdFlag, KVM_API_VERSION, Madv, MapFlag, MemFlag, MemoryAttribute } from '../../base/uapi.js';
+import { Cap, Falloc, GuestMemfdFlag, KVM_API_VERSION, Madv, MapFlag, MemFlag, MemoryAttribute, Prot } from '../../base/uapi.js';
 import { checkMemslot, isViolation, type GmemLookup, type MemslotContext, type RegionInput, type SlotView } from '../../rules/memslot.js';
 import { checkSetMemoryAttributes } from '../../rules/attributes.js';
 import { checkFallocate, type FallocateTarget } from '../../rules/fallocate.js';
@@ -47,6 +47,8 @@ class SimVm {
   vcpuIds = new Set<number>();
   /** Whether a memslot was ever created (a host that cannot pre-fault may answer differently before). */
   everHadSlot = false;
+  /** KVM_CAP_EXIT_HYPERCALL: the hypercalls that exit to userspace. */
+  hypercallExits = 0n;
   /** References: the VM fd, each gmem file, each vCPU (kvm_get_kvm). */
   refs = 1;
   constructor(readonly type: number) {}
@@ -155,8 +157,12 @@ export class SimBackend implements RawBackend {
     return h;
   }
 
+  /**
+   * The object behind an fd. Called, as the addon checks its fds, after every argument was
+   * converted: a bad value is a TypeError/RangeError before a stale fd is EBADF.
+   */
   #get(fd: unknown, where: { syscall: string; request?: string }): SimObject {
-    const h = toInt(fd, 'fd', -(2 ** 31), 2 ** 31 - 1);
+    const h = fdArg(fd);
     const o = this.#handles.get(h);
     if (!o) fail('EBADF', where, `fd ${h} is not open`);
     return o;
@@ -224,8 +230,9 @@ export class SimBackend implements RawBackend {
 
   checkExtension(fd: Handle, cap: number): number {
     const where = ioctl('KVM_CHECK_EXTENSION');
-    const o = this.#get(fd, where);
+    fdArg(fd);
     const c = toInt(cap, 'cap', -(2 ** 31), 2 ** 31 - 1);
+    const o = this.#get(fd, where);
     if (this.#isFile(o)) fail('ENOTTY', where, 'not a KVM fd');
     if (o.kind === 'vcpu') fail('EINVAL', where, 'not /dev/kvm or a VM');
     return this.#cap(o.kind === 'vm' ? o.vm : undefined, c);
@@ -233,8 +240,9 @@ export class SimBackend implements RawBackend {
 
   createVm(fd: Handle, type: number): Handle {
     const where = ioctl('KVM_CREATE_VM');
-    const o = this.#get(fd, where);
+    fdArg(fd);
     const t = toInt(type, 'type', 0, 2 ** 32 - 1);
+    const o = this.#get(fd, where);
     if (o.kind !== 'system') fail(o.kind === 'vm' || this.#isFile(o) ? 'ENOTTY' : 'EINVAL', where, 'not /dev/kvm');
     if (t >= 32 || !((this.#cap(undefined, Cap.VM_TYPES) || 1) & (1 << t))) fail('EINVAL', where, `VM type ${t} is not supported by this host`);
     return this.#add({ kind: 'vm', vm: new SimVm(t) });
@@ -247,7 +255,7 @@ export class SimBackend implements RawBackend {
   }
 
   createVcpu(vmFd: Handle, id: number): Handle {
-    this.#get(vmFd, ioctl('KVM_CREATE_VCPU')); // EBADF before argument errors, as the addon
+    fdArg(vmFd);
     const n = toInt(id, 'vcpuId', 0, 2 ** 32 - 1);
     const vm = this.#vm(vmFd, 'KVM_CREATE_VCPU');
     const maxIds = this.#cap(vm, Cap.MAX_VCPU_ID) || this.#cap(vm, Cap.MAX_VCPUS);
@@ -270,9 +278,10 @@ export class SimBackend implements RawBackend {
 
   createGuestMemfd(vmFd: Handle, size: bigint | number, flags: bigint | number): Handle {
     const where = ioctl('KVM_CREATE_GUEST_MEMFD');
-    const o = this.#get(vmFd, where);
+    fdArg(vmFd);
     const sz = toU64(size, 'size');
     const fl = toU64(flags, 'flags');
+    const o = this.#get(vmFd, where);
     if (o.kind !== 'vm') fail(this.#isFile(o) ? 'ENOTTY' : 'EINVAL', where, 'guest_memfd is created on a VM fd');
     const v = checkCreateGuestMemfd(sz, fl, this.#gmemFlags(o.vm), PAGE);
     if (v) throw violationError(v, where);
@@ -289,8 +298,9 @@ export class SimBackend implements RawBackend {
 
   ftruncate(fd: Handle, length: bigint | number): void {
     const where = { syscall: 'ftruncate' };
-    const o = this.#get(fd, where);
+    fdArg(fd);
     const len = toU64(length, 'length');
+    const o = this.#get(fd, where);
     // A guest_memfd cannot change size (kvm_gmem_setattr); other KVM fds are not regular files.
     if (o.kind !== 'memfd') fail('EINVAL', where, o.kind === 'gmem' ? 'a guest_memfd cannot be resized' : 'not a regular file');
     const f = o.file;
@@ -316,10 +326,11 @@ export class SimBackend implements RawBackend {
   }
 
   fallocate(fd: Handle, mode: number, offset: bigint | number, length: bigint | number): void {
-    const o = this.#get(fd, { syscall: 'fallocate' });
+    fdArg(fd);
     const m = toInt(mode, 'mode', -(2 ** 31), 2 ** 31 - 1);
     const off = toU64(offset, 'offset');
     const len = toU64(length, 'length');
+    const o = this.#get(fd, { syscall: 'fallocate' });
     const target: FallocateTarget = o.kind === 'gmem' ? { kind: 'gmem', size: o.file.size } : o.kind === 'memfd' ? { kind: 'shmem', size: o.file.size } : { kind: 'not-regular' };
     const v = checkFallocate(m, off, len, target, PAGE);
     if (v) throw violationError(v, { syscall: 'fallocate' });
@@ -341,11 +352,12 @@ export class SimBackend implements RawBackend {
     const where = { syscall: 'mmap' };
     const fl = toInt(flags, 'flags', -(2 ** 31), 2 ** 31 - 1);
     const anonymous = (fl & MapFlag.ANONYMOUS) !== 0 && fd === -1;
-    const o = anonymous ? undefined : this.#get(fd, where);
+    if (!anonymous) fdArg(fd);
     const len = toU64(length, 'length');
     const off = toU64(offset, 'offset');
     const p = toInt(prot, 'prot', -(2 ** 31), 2 ** 31 - 1);
-    if (fl & (MapFlag.FIXED | 0x100000)) throw new RangeError('mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported');
+    if (fl & (MapFlag.FIXED | MapFlag.FIXED_NOREPLACE)) throw new RangeError('mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported');
+    const o = anonymous ? undefined : this.#get(fd, where);
     const target: MmapTarget =
       o === undefined ? { kind: 'anonymous' }
       : o.kind === 'gmem' ? { kind: 'gmem', flags: o.file.flags }
@@ -357,19 +369,20 @@ export class SimBackend implements RawBackend {
     if ((fl & 0x03) === MapFlag.PRIVATE && (o === undefined || o.kind === 'memfd')) {
       throw kvmError('EOPNOTSUPP', where, 'the simulator maps memory MAP_SHARED only (MAP_PRIVATE copy-on-write is not modelled)');
     }
+    const rw = (p & (Prot.READ | Prot.WRITE)) === (Prot.READ | Prot.WRITE);
     let vma: SimVma;
     if (o === undefined) {
       const store = this.#newStore(Number(len), 'kvm-gmem sim anonymous');
-      vma = { mapping: this.#mapStore(store, 0, len, true), store, file: undefined, anonymous: true };
+      vma = { mapping: this.#mapStore(store, 0, len, true, rw), store, file: undefined, anonymous: true };
     } else if (o.kind === 'vcpu') {
       // The kvm_run area (and the pages after it): its bytes, shared by the vCPU's mappings.
       const store = (o.vcpu.run ??= this.#newStore(this.profile.vcpuMmapSize, 'kvm-gmem sim kvm_run'));
-      vma = { mapping: this.#mapStore(store, Number(off), len, true), store, file: undefined, anonymous: false, vcpu: o.vcpu };
+      vma = { mapping: this.#mapStore(store, Number(off), len, true, rw), store, file: undefined, anonymous: false, vcpu: o.vcpu };
       o.vcpu.refs++;
     } else if (o.kind === 'gmem' || o.kind === 'memfd') {
       const f = o.file;
       const accessible = o.kind === 'memfd' || ((f.flags & GuestMemfdFlag.INIT_SHARED) !== 0n && off < f.size);
-      vma = { mapping: this.#mapStore(f.store, Number(off), len, accessible), store: f.store, file: f, anonymous: false };
+      vma = { mapping: this.#mapStore(f.store, Number(off), len, accessible, rw), store: f.store, file: f, anonymous: false };
       f.refs++;
     } else {
       return fail('ENODEV', where, `fd ${fd} cannot be mapped`);
@@ -380,9 +393,9 @@ export class SimBackend implements RawBackend {
     return vma.mapping;
   }
 
-  #mapStore(store: FileStore, offset: number, length: bigint, accessible: boolean): SimMapping {
+  #mapStore(store: FileStore, offset: number, length: bigint, accessible: boolean, rw: boolean): SimMapping {
     try {
-      return store.map(offset, length, accessible);
+      return store.map(offset, length, accessible, rw);
     } catch (e) {
       if ((e as { code?: string }).code === 'ENOMEM') throw e;
       return fail('ENOMEM', { syscall: 'mmap' }, (e as Error).message);
@@ -409,10 +422,10 @@ export class SimBackend implements RawBackend {
 
   madvise(mapping: RawMapping, offset: bigint | number, length: bigint | number, advice: number): void {
     const where = { syscall: 'madvise' };
+    const vma = this.#vma(mapping);
     const off = toU64(offset, 'offset');
     const len = toU64(length, 'length');
     const adv = toInt(advice, 'advice', -(2 ** 31), 2 ** 31 - 1);
-    const vma = this.#vma(mapping);
     if (!vma) return fail('EBADF', where, 'this mapping is unmapped');
     if (!(Object.values(Madv) as number[]).includes(adv)) throw new RangeError('advice must be MADV_NORMAL, MADV_WILLNEED, MADV_DONTNEED, MADV_FREE or MADV_REMOVE');
     if ((vma.mapping.address + off) % PAGE !== 0n) fail('EINVAL', where, 'the address is not page-aligned');
@@ -435,8 +448,7 @@ export class SimBackend implements RawBackend {
 
   #setRegion(vmFd: Handle, region: RawRegion2, v2: boolean): void {
     const request = v2 ? 'KVM_SET_USER_MEMORY_REGION2' : 'KVM_SET_USER_MEMORY_REGION';
-    const fd = toInt(vmFd, 'vmFd', -(2 ** 31), 2 ** 31 - 1);
-    this.#get(fd, ioctl(request));
+    const fd = fdArg(vmFd);
     if (typeof region !== 'object' || region === null) throw new TypeError('region must be an object');
     const r: RegionInput = {
       v2,
@@ -553,12 +565,27 @@ export class SimBackend implements RawBackend {
     return fail('EOPNOTSUPP', ioctl('KVM_RUN'), 'the simulator cannot execute guest code: running a vCPU needs /dev/kvm (or the lab: kvm-gmem lab run)');
   }
 
+  enableCap(fd: Handle, cap: number, args?: readonly (bigint | number)[]): void {
+    const where = ioctl('KVM_ENABLE_CAP');
+    fdArg(fd);
+    const c = toInt(cap, 'cap', 0, 2 ** 32 - 1);
+    if (args !== undefined && (!Array.isArray(args) || args.length > 4)) throw new TypeError('args must be an array of at most 4 u64s');
+    const a = (args ?? []).map((x, i) => toU64(x, `args[${i}]`));
+    const o = this.#get(fd, where);
+    if (this.#isFile(o)) fail('ENOTTY', where, 'not a KVM fd');
+    if (o.kind !== 'vm') fail('EINVAL', where, o.kind === 'vcpu' ? 'not a vCPU capability' : 'KVM_ENABLE_CAP is a VM or vCPU ioctl');
+    if (c !== Cap.EXIT_HYPERCALL) fail('EINVAL', where, `capability ${c} cannot be enabled here (the simulator models KVM_CAP_EXIT_HYPERCALL)`);
+    const valid = BigInt(this.#cap(o.vm, Cap.EXIT_HYPERCALL));
+    const mask = a[0] ?? 0n;
+    if (mask & ~valid) fail('EINVAL', where, `hypercalls ${mask} include some this host cannot exit on (valid: ${valid})`);
+    o.vm.hypercallExits = mask;
+  }
+
   // ---- attributes and pre-fault -------------------------------------------------------
 
   setMemoryAttributes(vmFd: Handle, attributes: RawMemoryAttributes): void {
     const where = ioctl('KVM_SET_MEMORY_ATTRIBUTES');
-    const fd = toInt(vmFd, 'vmFd', -(2 ** 31), 2 ** 31 - 1);
-    this.#get(fd, where);
+    const fd = fdArg(vmFd);
     if (typeof attributes !== 'object' || attributes === null) throw new TypeError('attributes must be an object');
     const a = {
       address: toU64(attributes.address, 'address'),
@@ -581,10 +608,10 @@ export class SimBackend implements RawBackend {
    */
   preFaultMemory(vcpuFd: Handle, range: RawPreFault): { gpa: bigint; size: bigint } {
     const where = ioctl('KVM_PRE_FAULT_MEMORY');
-    const fd = toInt(vcpuFd, 'vcpuFd', -(2 ** 31), 2 ** 31 - 1);
-    const o = this.#get(fd, where);
+    const fd = fdArg(vcpuFd);
     if (typeof range !== 'object' || range === null) throw new TypeError('range must be an object');
     const r = { gpa: toU64(range.gpa, 'gpa'), size: toU64(range.size, 'size'), flags: range.flags === undefined ? 0n : toU64(range.flags, 'flags') };
+    const o = this.#get(fd, where);
     if (o.kind !== 'vcpu') fail(o.kind === 'system' ? 'EINVAL' : 'ENOTTY', where, 'not a vCPU fd');
     const v: Violation | undefined = checkPreFault(r, PAGE);
     if (v) throw violationError(v, where);
@@ -618,6 +645,11 @@ export class SimBackend implements RawBackend {
     const vma = this.#vmaByAddress.containing(Number(hva));
     return vma && hva - vma.mapping.address < BigInt(vma.mapping.viewLength) ? undefined : 'EFAULT';
   }
+}
+
+/** An fd argument: an int32 (TypeError/RangeError otherwise), looked up only after the rest. */
+function fdArg(fd: unknown): number {
+  return toInt(fd, 'fd', -(2 ** 31), 2 ** 31 - 1);
 }
 
 function structBytes(v: unknown, size: number, name: string): Uint8Array {

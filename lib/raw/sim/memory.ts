@@ -37,8 +37,9 @@ export interface SimMapping extends RawMapping {
 export interface FileStore {
   readonly size: number;
   /** Maps [offset, offset + length) shared at an address the store picks; `accessible`: whether
-   * views may cover it (a gmem without INIT_SHARED: no). */
-  map(offset: number, length: bigint, accessible: boolean): SimMapping;
+   * views may cover it (a gmem without INIT_SHARED: no); `rw`: whether it is mapped readable
+   * and writable (views are writable: none over anything else, EACCES, as the addon). */
+  map(offset: number, length: bigint, accessible: boolean, rw?: boolean): SimMapping;
   unmap(m: SimMapping): void;
   /** Punch-hole: [offset, offset + length) ∩ file reads as zeros, in every mapping. */
   zero(offset: number, length: number): void;
@@ -67,6 +68,13 @@ function unmappedError(): Error {
   return kvmError('EBADF', { syscall: 'munmap' }, 'this mapping is unmapped');
 }
 
+/** The checks every view makes (the addon's, for the same calls). */
+function checkView(m: SimMapping & { rw: boolean }, offset: number, length: number): void {
+  if (m.unmapped) throw unmappedError();
+  if (!m.rw) throw kvmError('EACCES', { syscall: 'mmap' }, 'the mapping is not readable and writable: no buffer over it');
+  if (offset + length > m.viewLength) throw new RangeError(`view [${offset}, ${offset + length}) is outside the mapping's accessible ${m.viewLength} bytes`);
+}
+
 /** A view the caller cannot transfer away (which would detach it under its mapping). */
 function untransferable(u: Uint8Array): Uint8Array {
   markAsUntransferable(u.buffer);
@@ -82,14 +90,13 @@ class MemfdMapping implements SimMapping {
     readonly offset: number,
     readonly viewLength: number,
     readonly length: bigint,
-    readonly store: MemfdStore,
+    readonly rw: boolean,
   ) {}
   get address(): bigint {
     return this.native.address;
   }
   view(offset: number, length: number): Uint8Array {
-    if (this.unmapped) throw unmappedError();
-    if (offset + length > this.viewLength) throw new RangeError(`view [${offset}, ${offset + length}) is outside the mapping's accessible ${this.viewLength} bytes`);
+    checkView(this, offset, length);
     return untransferable(this.native.view(offset, length));
   }
 }
@@ -117,10 +124,10 @@ export class MemfdStore implements FileStore {
     return this.#fd;
   }
 
-  map(offset: number, length: bigint, accessible: boolean): SimMapping {
+  map(offset: number, length: bigint, accessible: boolean, rw = true): SimMapping {
     const native = this.ops.mmap(this.#memfd(), length, offset, PROT_RW, MAP_SHARED);
     const viewLength = accessible ? Math.max(0, Math.min(offset + Number(length), this.size) - offset) : 0;
-    return new MemfdMapping(native, offset, viewLength, length, this);
+    return new MemfdMapping(native, offset, viewLength, length, rw);
   }
 
   unmap(m: SimMapping): void {
@@ -164,10 +171,10 @@ class BufferMapping implements SimMapping {
     readonly viewLength: number,
     readonly length: bigint,
     public window: Window | undefined,
+    readonly rw: boolean,
   ) {}
   view(offset: number, length: number): Uint8Array {
-    if (this.unmapped) throw unmappedError();
-    if (offset + length > this.viewLength) throw new RangeError(`view [${offset}, ${offset + length}) is outside the mapping's accessible ${this.viewLength} bytes`);
+    checkView(this, offset, length);
     if (length === 0) return new Uint8Array(0);
     const w = this.window!;
     return untransferable(new Uint8Array(w.buffer, this.offset - w.start + offset, length));
@@ -216,7 +223,7 @@ export class BufferStore implements FileStore {
     return this.#windows.filter((w) => w.start < end && start < w.end);
   }
 
-  map(offset: number, length: bigint, accessible: boolean): SimMapping {
+  map(offset: number, length: bigint, accessible: boolean, rw = true): SimMapping {
     const span = ((length + BigInt(PAGE) - 1n) / BigInt(PAGE)) * BigInt(PAGE);
     const address = () => {
       const a = this.addresses.take(span);
@@ -224,11 +231,11 @@ export class BufferStore implements FileStore {
       return a;
     };
     const viewEnd = Math.min(offset + Number(length), this.size);
-    if (!accessible || viewEnd <= offset) return new BufferMapping(address(), offset, 0, length, undefined);
+    if (!accessible || viewEnd <= offset) return new BufferMapping(address(), offset, 0, length, undefined, rw);
     const end = Math.min(Math.ceil(viewEnd / PAGE) * PAGE, this.size); // windows hold whole pages
     const old = this.#overlapping(offset, end);
     if (old.length === 1 && old[0]!.start <= offset && end <= old[0]!.end) {
-      const m = new BufferMapping(address(), offset, viewEnd - offset, length, old[0]); // inside one window: shared, nothing copied
+      const m = new BufferMapping(address(), offset, viewEnd - offset, length, old[0], rw); // inside one window: shared, nothing copied
       old[0]!.maps.add(m);
       return m;
     }
@@ -251,7 +258,7 @@ export class BufferStore implements FileStore {
       }
     }
     this.#windows = this.#windows.filter((w) => !old.includes(w)).concat(win).sort((a, b) => a.start - b.start);
-    const m = new BufferMapping(at, offset, viewEnd - offset, length, win);
+    const m = new BufferMapping(at, offset, viewEnd - offset, length, win, rw);
     win.maps.add(m);
     return m;
   }

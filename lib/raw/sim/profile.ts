@@ -65,7 +65,7 @@ export function capOf(p: SimProfile, scope: number | 'system', cap: number): num
 const common = {
   [Cap.USER_MEMORY]: 1, [Cap.NR_MEMSLOTS]: 32764, [Cap.READONLY_MEM]: 1, [Cap.USER_MEMORY2]: 1,
   [Cap.MEMORY_FAULT_INFO]: 1, [Cap.GUEST_MEMFD]: 1, [Cap.VM_TYPES]: bit(VmType.default) | bit(VmType['sw-protected']),
-  [Cap.PRE_FAULT_MEMORY]: 1, [Cap.MAX_VCPUS]: 4096, [Cap.MAX_VCPU_ID]: 4096,
+  [Cap.PRE_FAULT_MEMORY]: 1, [Cap.MAX_VCPUS]: 4096, [Cap.MAX_VCPU_ID]: 4096, [Cap.EXIT_HYPERCALL]: 1 << 12,
 };
 export const defaultProfile: SimProfile = {
   name: 'builtin: 6.18+ with KVM_X86_SW_PROTECTED_VM',
