@@ -9,6 +9,7 @@
  * KVM_GMEM_DIFF_SEEDS takes a comma list; an entry may be a range (100-199).
  */
 import { expect, test } from 'vitest';
+import { constants } from '../../lib/index.js';
 import { openKvm } from '../../lib/kvm.js';
 import { nativeBackend } from '../../lib/raw/native.js';
 import { SimBackend } from '../../lib/raw/sim/index.js';
@@ -26,6 +27,8 @@ function parseSeeds(spec: string | undefined): number[] {
   });
 }
 
+const decodeMask = (mask: number) => Array.from({ length: 32 }, (_, t) => t).filter((t) => mask & (1 << t));
+
 const seeds = parseSeeds(process.env.KVM_GMEM_DIFF_SEEDS);
 const nOps = Number(process.env.KVM_GMEM_DIFF_OPS ?? 500);
 /** Time for shrinking each class of divergence to a minimal sequence. */
@@ -38,13 +41,15 @@ test.skipIf(kvmUnavailable)(
     const kvm = openKvm({ backend: 'kvm' });
     const profile = kvm.profile();
     kvm.close();
+    const caps = profile.caps.system;
+    const host = { vmTypes: decodeMask(caps[constants.Cap.VM_TYPES] || 1), guestPhysAddrBits: profile.guestPhysAddrBits };
     const native = nativeBackend();
     const sim = () => new SimBackend(profile);
 
     const fds = fdCount();
     const maps = mapCount();
     const started = performance.now();
-    const results: SequenceResult[] = seeds.map((seed) => runSequence(seed, nOps, native, sim));
+    const results: SequenceResult[] = seeds.map((seed) => runSequence(seed, nOps, native, sim, { host }));
     const ms = performance.now() - started;
 
     const total = results.reduce((s, r) => s + r.executed, 0);

@@ -123,6 +123,18 @@ interface PMap { id: string; g: string; off: bigint; len: bigint; prot: number; 
 interface PVcpu { id: string; vm: string; live: boolean }
 interface PSlot { vm: string; slot: number; flags: number; gpa: bigint; size: bigint; uaddr: UAddr; gm?: string; gmOff: bigint }
 
+/**
+ * What the generator knows of the host under test (from its profile, before any op runs): the
+ * VM types it creates and its guest-physical address width, so that sequences exercise
+ * private-memory VMs where there are some, and slots around the host's own address limit.
+ */
+export interface HostShape {
+  vmTypes: number[];
+  guestPhysAddrBits: number;
+}
+
+export const DEFAULT_SHAPE: HostShape = { vmTypes: [0], guestPhysAddrBits: 52 };
+
 class Planner {
   vms: PVm[] = [];
   gmems: PGmem[] = [];
@@ -130,7 +142,10 @@ class Planner {
   vcpus: PVcpu[] = [];
   slots: PSlot[] = [];
   #n = 0;
-  constructor(readonly r: Rng) {}
+  constructor(
+    readonly r: Rng,
+    readonly host: HostShape = DEFAULT_SHAPE,
+  ) {}
 
   name(prefix: string): string {
     return `${prefix}${this.#n++}`;
@@ -170,6 +185,11 @@ class Planner {
       const s = r.pick(this.slots);
       return r.pick([s.gpa + s.size, s.gpa - PAGE, s.gpa + PAGE, s.gpa]) & U64_MAX; // adjacent / overlapping
     }
+    if (x < 0.86) {
+      // Around the host's guest-physical limit, and the widths other hosts have.
+      const top = 1n << BigInt(r.chance(0.6) ? this.host.guestPhysAddrBits : r.pick([36, 39, 40, 44, 46, 47, 48, 51, 52, 57]));
+      return r.pick([top, top - PAGE, top - 2n * MiB, top - 16n * PAGE, top + PAGE]);
+    }
     return r.pick<Val>([
       1n << 32n, 0xfffff000n, 1n << 52n, 1n << 63n, U64_MAX - PAGE + 1n, U64_MAX - 2n * PAGE + 1n, 4097n, 1n, 2n * MiB + 1n, 0n,
       (1n << 64n) - 2n * MiB, -1, 0.5,
@@ -188,8 +208,10 @@ class Planner {
 
   slotId(): number {
     const r = this.r;
-    if (r.chance(0.88)) return r.int(6);
-    return r.pick([32763, 32764, 32765, 32766, 32767, 65535, (1 << 16) | 0, (1 << 16) | 1, (2 << 16) | 3, -1]);
+    if (r.chance(0.84)) return r.int(6);
+    // Address spaces 1 and 2 (SMM where the host has it), and the slot-id limits.
+    if (r.chance(0.5)) return (r.pick([1, 1, 2, 3]) << 16) | r.int(4);
+    return r.pick([32763, 32764, 32765, 32766, 32767, 65535, -1]);
   }
 
   uaddrFromMap(): UAddr {
@@ -223,21 +245,21 @@ class Planner {
       ['region2', 22],
       ['modify', this.slots.length ? 5 : 0],
       ['region', 5],
-      ['attrs', 2],
+      ['attrs', 4],
       ['checkExt', 4],
       ['createVcpu', liveVcpus < 4 ? 2.5 : 0.3],
       ['closeVcpu', liveVcpus > 0 ? 1 : 0],
-      ['preFault', 2],
+      ['preFault', liveVcpus > 0 ? 5 : 1],
       ['fstat', 3],
       ['apiVersion', 0.5],
       ['vcpuMmapSize', 0.5],
     ]);
     switch (kind) {
       case 'createVm': {
-        const type = r.chance(0.9) ? 0 : r.pick([1, 2, 5, 6, 31, 32, 2 ** 31, -1]);
+        const others = this.host.vmTypes.filter((t) => t !== 0);
+        const type = r.chance(0.9) ? (others.length && r.chance(0.5) ? r.pick(others) : 0) : r.pick([1, 2, 5, 6, 31, 32, 2 ** 31, -1]);
         const id = this.name('v');
-        if (type === 0) this.vms.push({ id, live: true });
-        else this.vms.push({ id, live: false });
+        this.vms.push({ id, live: this.host.vmTypes.includes(type) });
         return { k: 'createVm', id, type };
       }
       case 'closeVm':
@@ -354,11 +376,13 @@ class Planner {
       }
       case 'attrs': {
         const vm = this.ref('vm');
+        // Mostly over slots (private pages are what pre-fault and the data path then meet).
+        const s = this.slots.length && r.chance(0.6) ? r.pick(this.slots) : undefined;
+        const address: Val = s ? s.gpa + BigInt(r.int(Number(s.size / PAGE))) * PAGE : r.pick<Val>([0n, PAGE, 2n * MiB, 1n, U64_MAX - PAGE + 1n]);
         return {
-          k: 'attrs', vm,
-          address: r.pick<Val>([0n, PAGE, 2n * MiB, 1n, U64_MAX - PAGE + 1n]),
-          size: r.pick<Val>([PAGE, 2n * MiB, 0n, 4095n, U64_MAX - PAGE + 1n]),
-          attributes: r.pick<Val>([0n, 0n, 8n, 1n, 1n << 63n]),
+          k: 'attrs', vm, address,
+          size: r.pick<Val>([PAGE, PAGE, 2n * PAGE, 2n * MiB, 0n, 4095n, U64_MAX - PAGE + 1n]),
+          attributes: r.pick<Val>([0n, 8n, 8n, 1n, 1n << 63n]),
           flags: r.pick<Val>([0n, 0n, 0n, 1n]),
         };
       }
@@ -374,12 +398,16 @@ class Planner {
         this.vcpus.push({ id, vm, live: this.vms.some((v) => v.id === vm && v.live) });
         return { k: 'createVcpu', id, vm, vcpuId };
       }
-      case 'preFault':
+      case 'preFault': {
+        // Mostly inside and at the edges of slots: shared and private pages, gmem-only or not.
+        const s = this.slots.length && r.chance(0.7) ? r.pick(this.slots) : undefined;
+        const gpa: Val = s ? r.pick([s.gpa, s.gpa + s.size - PAGE, s.gpa + s.size, s.gpa - PAGE]) & U64_MAX : this.gpa();
         return {
-          k: 'preFault', c: this.ref('vcpu'), gpa: this.gpa(),
-          size: r.pick<Val>([PAGE, 2n * PAGE, 2n * MiB, 0n, 4095n, U64_MAX - PAGE + 1n]),
+          k: 'preFault', c: this.ref('vcpu'), gpa,
+          size: r.pick<Val>([PAGE, PAGE, 2n * PAGE, 16n * PAGE, 2n * MiB, 0n, 4095n, U64_MAX - PAGE + 1n]),
           flags: r.pick<Val>([0n, 0n, 0n, 0n, 1n]),
         };
+      }
       case 'fstat': {
         const x = r.u32() / 2 ** 32;
         return { k: 'fstat', h: x < 0.55 ? this.ref('gmem') : x < 0.75 ? this.ref('vm') : x < 0.85 ? 'sys' : this.ref('vcpu') };
@@ -459,9 +487,9 @@ class Planner {
   }
 }
 
-/** The op list of a seed: generated once, from the seed alone. */
-export function generateOps(seed: number, nOps: number): Op[] {
-  const p = new Planner(new Rng(seed));
+/** The op list of a seed: generated once, from the seed (and the host's shape) alone. */
+export function generateOps(seed: number, nOps: number, host: HostShape = DEFAULT_SHAPE): Op[] {
+  const p = new Planner(new Rng(seed), host);
   const ops: Op[] = [];
   for (let i = 0; i < nOps; i++) ops.push(p.next());
   return ops;
@@ -523,10 +551,10 @@ class Ctx {
 const MAX_BUFFER = 1n << 32n;
 
 /** Bytes of a mapping the kernel faults in without a signal: 0 when none. */
-function accessible(s: MapState, forWrite: boolean): number {
-  if (!s.live || !(s.gflags & INIT_SHARED) || !(s.prot & Prot.READ)) return 0;
+function accessible(s: MapState): number {
+  // (The raw layer gives views only of mappings both readable and writable: views are writable.)
+  if (!s.live || !(s.gflags & INIT_SHARED) || (s.prot & (Prot.READ | Prot.WRITE)) !== (Prot.READ | Prot.WRITE)) return 0;
   if (s.len > MAX_BUFFER) return 0;
-  if (forWrite && !(s.prot & Prot.WRITE)) return 0;
   if (s.off >= s.gsize) return 0;
   const rest = s.gsize - s.off;
   return Number(s.len < rest ? s.len : rest);
@@ -594,7 +622,7 @@ function execOp(c: Ctx, op: Op): string {
         c.maps.set(op.id, s);
         // Take the buffer now, while the address is surely this mapping's (a native buffer is
         // made on first use, from the address).
-        if (accessible(s, false) > 0) s.m.view(0, accessible(s, false));
+        if (accessible(s) > 0) s.m.view(0, accessible(s));
         return 'ok';
       }
       case 'munmap': {
@@ -608,7 +636,7 @@ function execOp(c: Ctx, op: Op): string {
       case 'write': {
         const s = c.maps.get(op.m);
         if (!s) return 'skip:no-mapping';
-        const n = accessible(s, true);
+        const n = accessible(s);
         if (n === 0 || op.at + op.len > n) return `skip:outside(${n})`;
         const data = bytesOf(op.data, op.len);
         const v = view(s, n);
@@ -664,8 +692,8 @@ function compareMemory(a: Ctx, b: Ctx): string | undefined {
     const sb = b.maps.get(name);
     if (!!sa?.live !== !!sb?.live) return `${name}: mapped on ${sa?.live ? 'A' : 'B'} only`;
     if (!sa || !sb || !sa.live) continue;
-    const n = accessible(sa, false);
-    if (n !== accessible(sb, false)) return `${name}: accessible ${n} (A) vs ${accessible(sb, false)} (B) bytes`;
+    const n = accessible(sa);
+    if (n !== accessible(sb)) return `${name}: accessible ${n} (A) vs ${accessible(sb)} (B) bytes`;
     if (n === 0) continue;
     let va: Uint8Array;
     let vb: Uint8Array;
@@ -905,9 +933,9 @@ export function runSequence(
   nOps: number,
   backendA: BackendSource,
   backendB: BackendSource,
-  options: { minimize?: boolean; minimizeBudgetMs?: number; continueOnSameState?: boolean } = {},
+  options: { minimize?: boolean; minimizeBudgetMs?: number; continueOnSameState?: boolean; host?: HostShape } = {},
 ): SequenceResult {
-  const ops = generateOps(seed, nOps);
+  const ops = generateOps(seed, nOps, options.host);
   const x = executeOps(ops, backendA, backendB, { continueOnSameState: options.continueOnSameState ?? true });
   const divergences: Divergence[] = [];
   const seen = new Set<string>();

@@ -2,6 +2,7 @@
  * A reporter for long runs (the lab, under TCG): one line per test as it ends, with its time,
  * so a slow or stuck test shows where it is. `--reporter=./test/reporters/progress.ts`.
  */
+import type { UserConsoleLog } from 'vitest';
 import type { Reporter, TestCase, TestModule } from 'vitest/node';
 
 const mark = { passed: 'ok', failed: 'FAIL', skipped: 'skip', pending: '...' } as const;
@@ -15,6 +16,11 @@ export default class ProgressReporter implements Reporter {
 
   onTestModuleStart(m: TestModule): void {
     process.stdout.write(`${this.#elapsed()} start ${m.project.name} ${m.moduleId.replace(`${process.cwd()}/`, '')}\n`);
+  }
+
+  /** What the tests print (the differential's report, measured figures). */
+  onUserConsoleLog(log: UserConsoleLog): void {
+    process.stdout.write(log.content.replace(/^/gm, '      | '));
   }
 
   onTestCaseResult(t: TestCase): void {
