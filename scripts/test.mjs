@@ -80,6 +80,57 @@ if (local || hostProjects.length) {
   report('host', counts(json, status));
 }
 
+/** A sink that prefixes each line (lab runs go side by side: one QEMU per host core). */
+function prefixed(tag, stream) {
+  let partial = '';
+  return {
+    write(chunk) {
+      const text = partial + chunk.toString();
+      const parts = text.split('\n');
+      partial = parts.pop();
+      for (const line of parts) stream.write(`[${tag}] ${line}\n`);
+    },
+    flush() {
+      if (partial) stream.write(`[${tag}] ${partial}\n`);
+      partial = '';
+    },
+  };
+}
+
+async function labSuite(lab, spec) {
+  const json = path.join(reports, `lab-${spec.replace(/[^\w.-]+/g, '_')}.json`);
+  rmSync(json, { force: true });
+  const tag = spec.startsWith('debian:') ? spec : path.basename(spec);
+  const out = prefixed(tag, process.stdout);
+  const err = prefixed(tag, process.stderr);
+  // `lab debian:7.2.13 (debian:unstable, 7.2.13+deb14-amd64)`, `lab bzImage-swprot (7.2.13)`
+  const label = (release) => {
+    if (!release) return `lab ${tag}`;
+    return spec.startsWith('debian:') ? `lab debian:${release.split('+')[0]} (${spec}, ${release})` : `lab ${tag} (${release})`;
+  };
+  let name = label(undefined);
+  try {
+    const kernel = lab.resolveKernel(spec, undefined, (m) => out.write(`${m}\n`));
+    name = label(kernel.release);
+    out.write(`the kvm project in the lab, on ${spec}: this host has no usable /dev/kvm\n`);
+    const r = await lab.labRun({
+      kernel, writable: [reports], stdout: out, stderr: err, log: (m) => out.write(`${m}\n`),
+      argv: [process.execPath, vitest, 'run', '--project', 'kvm', ...withoutProjects(), '--reporter=./test/reporters/progress.ts', '--reporter=json', `--outputFile.json=${json}`],
+    });
+    out.write(`lab: boot ${(r.bootMs / 1000).toFixed(1)} s, suite ${(r.commandMs / 1000).toFixed(0)} s, exit status ${r.status}\n`);
+    return { name: label(r.release), counts: counts(json, r.status) };
+  } catch (e) {
+    if (!(e instanceof lab.LabError)) throw e;
+    err.write(`lab: ${e.message}\n  fix: ${e.hint}\n${e.log ?? ''}\n`);
+    // Without QEMU the lab cannot run here: the kvm project is not run, said as such.
+    if (e.code === 'LAB_NO_QEMU') return { name, line: `${name}: not run: ${e.message} (${e.hint})` };
+    return { name, counts: { passed: 0, failed: 1, skipped: 0, note: e.message } };
+  } finally {
+    out.flush();
+    err.flush();
+  }
+}
+
 if (labWanted) {
   const kernels = (process.env.KVM_GMEM_LAB_KERNELS ?? 'debian:unstable').split(',').map((k) => k.trim()).filter((k) => k && k !== 'off');
   if (!kernels.length) lines.push('lab: not run (KVM_GMEM_LAB_KERNELS=off): the kvm project did not run');
@@ -90,27 +141,19 @@ if (labWanted) {
     for (const k of kernels) report(`lab ${k}`, { passed: 0, failed: 1, skipped: 0, note: `dist/ is not built (npm run build): ${e.message}` });
     kernels.length = 0;
   }
-  for (const spec of kernels) {
-    const json = path.join(reports, `lab-${spec.replace(/[^\w.-]+/g, '_')}.json`);
-    rmSync(json, { force: true });
-    let name = `lab ${spec}`;
-    try {
-      const kernel = lab.resolveKernel(spec, undefined, (m) => console.log(m));
-      if (kernel.release) name += ` (${kernel.release})`;
-      console.log(`\n== the kvm project in the lab, on ${spec}: this host has no usable /dev/kvm`);
-      const r = await lab.labRun({
-        kernel, writable: [reports], log: (m) => console.log(m),
-        argv: [process.execPath, vitest, 'run', '--project', 'kvm', ...withoutProjects(), '--reporter=./test/reporters/progress.ts', '--reporter=json', `--outputFile.json=${json}`],
-      });
-      console.log(`lab: boot ${(r.bootMs / 1000).toFixed(1)} s, suite ${(r.commandMs / 1000).toFixed(0)} s, exit status ${r.status}`);
-      report(name, counts(json, r.status));
-    } catch (e) {
-      if (!(e instanceof lab.LabError)) throw e;
-      console.log(`lab: ${e.message}\n  fix: ${e.hint}${e.log ? `\n${e.log}` : ''}`);
-      // Without QEMU the lab cannot run here: the kvm project is not run, said as such.
-      if (e.code === 'LAB_NO_QEMU') lines.push(`${name}: not run: ${e.message} (${e.hint})`);
-      else report(name, { passed: 0, failed: 1, skipped: 0, note: e.message });
+  // Up to as many at once as this host has cores (each QEMU runs its guest on one thread).
+  const parallel = Math.max(1, Math.min(kernels.length, os.availableParallelism()));
+  const results = new Array(kernels.length);
+  let next = 0;
+  await Promise.all(Array.from({ length: parallel }, async () => {
+    while (next < kernels.length) {
+      const i = next++;
+      results[i] = await labSuite(lab, kernels[i]);
     }
+  }));
+  for (const r of results.filter(Boolean)) {
+    if (r.line) lines.push(r.line);
+    else report(r.name, r.counts);
   }
 }
 

@@ -22,6 +22,7 @@ con=/dev/ttyS0
 say() { echo "${MARK} $*@@" > $con; }
 halt() { sync; poweroff -f; sleep 10; }
 say "init $(cut -d' ' -f1 /proc/uptime)"
+say "release $(uname -r)"
 . /lab/config
 for m in $LAB_MODULES; do insmod /lab/modules/$m.ko > $con 2>&1 || say "warn insmod $m failed"; done
 for m in $LAB_OPTIONAL_MODULES; do

@@ -50,7 +50,7 @@ export interface LabRunOptions {
 
 export interface LabRunResult {
   status: number;
-  /** uname -r as the guest will print it, when known. */
+  /** uname -r of the kernel that ran. */
   release: string | undefined;
   accel: Accel;
   /** QEMU start to the command's start. */
@@ -175,6 +175,7 @@ function boot(qemu: string, args: string[], kernel: LabKernel, accel: Accel, por
     let qemuErr = '';
     let readyAt: number | undefined;
     let status: number | undefined;
+    let release = kernel.release;
     let failure: LabError | undefined;
     let partial = '';
     const stdout = o.stdout ?? process.stdout;
@@ -189,6 +190,7 @@ function boot(qemu: string, args: string[], kernel: LabKernel, accel: Accel, por
       const [what, ...rest] = event.split(' ');
       if (what === 'ready') readyAt = performance.now();
       else if (what === 'exit') status = Number(rest[0]);
+      else if (what === 'release') release = rest[0];
       else if (what === 'no-kvm') {
         fail(new LabError('LAB_NO_KVM', `the kernel ${kernel.spec} has no usable /dev/kvm`,
           accel === 'kvm'
@@ -242,7 +244,7 @@ function boot(qemu: string, args: string[], kernel: LabKernel, accel: Accel, por
           readyAt === undefined ? 'see the console log below' : 'the command may have crashed the kernel; see the console log below', consoleTail()));
       }
       resolve({
-        status, release: kernel.release, accel,
+        status, release, accel,
         bootMs: (readyAt ?? now) - started, commandMs: readyAt === undefined ? 0 : now - readyAt, totalMs: now - started,
         consoleTail: consoleTail(),
       });
