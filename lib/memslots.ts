@@ -1,6 +1,5 @@
-import { hex, toBool, toInt, toOptions, toU64, typeName, type U64 } from './base/args.js';
+import { checkU64, hex, toBool, toInt, toOptions, toU64, typeName, type U64 } from './base/args.js';
 import { kvmError } from './base/errors.js';
-import { GfnRadix } from './base/gfnradix.js';
 import { IntervalIndex } from './base/interval.js';
 import { log } from './base/log.js';
 import { KVM_USER_MEM_SLOTS, MemFlag, USER_ADDRESS_MAX } from './base/uapi.js';
@@ -57,7 +56,11 @@ interface SlotState {
   flags: number;
   books: MemslotBooks;
 }
-const slotState = new WeakMap<Memslot, SlotState>();
+
+/** The books moved a slot (the kernel's MOVE) or changed its flags (FLAGS_ONLY). */
+let placeSlot: (s: Memslot, guestPhysAddr: bigint, flags: number) => void;
+/** Whether `x` is a Memslot the library made. */
+export let isMemslot: (x: unknown) => x is Memslot;
 
 /** A memslot the VM has (KVM_SET_USER_MEMORY_REGION2): a read-only view of the kernel's slot. */
 export class Memslot {
@@ -73,6 +76,9 @@ export class Memslot {
   readonly userspaceOffset: bigint;
   /** The userspace_addr the kernel was given (0n when none). */
   readonly userspaceAddr: bigint;
+  #guestPhysAddr: bigint;
+  #flags: number;
+  #books: MemslotBooks;
 
   /** @hidden made by MemslotTable.add() */
   constructor(token: symbol, init: Omit<Memslot, 'guestPhysAddr' | 'flags' | 'readonly' | 'logDirtyPages' | 'deleted' | 'end' | 'delete' | 'toString' | typeof Symbol.dispose> & SlotState) {
@@ -86,16 +92,26 @@ export class Memslot {
     this.userspace = init.userspace;
     this.userspaceOffset = init.userspaceOffset;
     this.userspaceAddr = init.userspaceAddr;
-    slotState.set(this, { guestPhysAddr: init.guestPhysAddr, flags: init.flags, books: init.books });
+    this.#guestPhysAddr = init.guestPhysAddr;
+    this.#flags = init.flags;
+    this.#books = init.books;
+  }
+
+  static {
+    placeSlot = (s, guestPhysAddr, flags) => {
+      s.#guestPhysAddr = guestPhysAddr;
+      s.#flags = flags;
+    };
+    isMemslot = (x: unknown): x is Memslot => typeof x === 'object' && x !== null && #books in x;
   }
 
   /** The slot's first guest-physical address (a non-gmem slot can move). */
   get guestPhysAddr(): bigint {
-    return slotState.get(this)!.guestPhysAddr;
+    return this.#guestPhysAddr;
   }
   /** KVM_MEM_* flags. */
   get flags(): number {
-    return slotState.get(this)!.flags;
+    return this.#flags;
   }
   get readonly(): boolean {
     return (this.flags & MemFlag.READONLY) !== 0;
@@ -105,7 +121,7 @@ export class Memslot {
   }
   /** Whether the slot is gone (deleted, or its VM closed). */
   get deleted(): boolean {
-    return slotState.get(this)!.books.get(this.id, this.asId) !== this;
+    return this.#books.get(this.id, this.asId) !== this;
   }
   get end(): bigint {
     return this.guestPhysAddr + this.size;
@@ -137,9 +153,8 @@ const keyOf = (asId: number, id: number) => (asId << 16) | id;
 export class MemslotBooks {
   readonly page: bigint;
   #byKey = new Map<number, Memslot>();
+  /** Per address space: the slots by guest frame (ordered, and a point lookup of a few hash probes). */
   #byGfn = new Map<number, IntervalIndex<Memslot>>();
-  /** O(1) gfn -> slot lookup per address space (find/translate). */
-  #radix = new Map<number, GfnRadix<Memslot>>();
   #byFile = new Map<GuestMemfd, IntervalIndex<Memslot>>();
   /** Used slot ids of each address space (bitmaps, for the lowest free id). */
   #used = new Map<number, Uint32Array>();
@@ -160,7 +175,7 @@ export class MemslotBooks {
 
   /** The slot of `asId` containing `gfn`. */
   find(gfn: number, asId: number): Memslot | undefined {
-    return this.#radix.get(asId)?.get(gfn);
+    return this.#byGfn.get(asId)?.containing(gfn);
   }
 
   list(): Memslot[] {
@@ -242,11 +257,7 @@ export class MemslotBooks {
     this.#byKey.set(keyOf(slot.asId, slot.id), slot);
     let idx = this.#byGfn.get(slot.asId);
     if (!idx) this.#byGfn.set(slot.asId, (idx = new IntervalIndex()));
-    const [lo, hi] = [Number(d.baseGfn), Number(d.baseGfn + d.npages)];
-    idx.insert(lo, hi, slot);
-    let radix = this.#radix.get(slot.asId);
-    if (!radix) this.#radix.set(slot.asId, (radix = new GfnRadix()));
-    radix.insert(lo, hi, slot);
+    idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
     if (slot.guestMemfd) {
       let f = this.#byFile.get(slot.guestMemfd);
       if (!f) this.#byFile.set(slot.guestMemfd, (f = new IntervalIndex()));
@@ -259,22 +270,17 @@ export class MemslotBooks {
 
   /** A non-gmem slot moved (the kernel's MOVE) or toggled LOG_DIRTY_PAGES (FLAGS_ONLY). */
   change(slot: Memslot, d: MemslotDecision, flags: number): void {
-    const st = slotState.get(slot)!;
     if (d.op === 'move') {
-      const [lo, hi] = [Number(d.baseGfn), Number(d.baseGfn + d.npages)];
-      this.#byGfn.get(slot.asId)!.remove(slot);
-      this.#radix.get(slot.asId)!.remove(slot);
-      st.guestPhysAddr = d.baseGfn * this.page;
-      this.#byGfn.get(slot.asId)!.insert(lo, hi, slot);
-      this.#radix.get(slot.asId)!.insert(lo, hi, slot);
+      const idx = this.#byGfn.get(slot.asId)!;
+      idx.remove(slot);
+      idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
     }
-    st.flags = flags;
+    placeSlot(slot, d.op === 'move' ? d.baseGfn * this.page : slot.guestPhysAddr, flags);
   }
 
   remove(slot: Memslot): void {
     this.#byKey.delete(keyOf(slot.asId, slot.id));
     this.#byGfn.get(slot.asId)?.remove(slot);
-    this.#radix.get(slot.asId)?.remove(slot);
     if (slot.guestMemfd) {
       const f = this.#byFile.get(slot.guestMemfd);
       f?.remove(slot);
@@ -297,7 +303,6 @@ export class MemslotBooks {
     const slots = [...this.#byKey.values()];
     this.#byKey.clear();
     this.#byGfn.clear();
-    this.#radix.clear();
     this.#byFile.clear();
     this.#used.clear();
     for (const s of slots) if (s.userspace) this.#unpin(s.userspace, s);
@@ -358,12 +363,14 @@ function checkGmem(g: unknown): GuestMemfd {
 export class MemslotTable {
   readonly #ctx: VmContext;
   readonly #books: MemslotBooks;
+  readonly #pageSize: number;
 
   /** @hidden made with its VM */
   constructor(token: symbol, ctx: VmContext) {
     checkToken(token, 'MemslotTable', 'Kvm.createVm()');
     this.#ctx = ctx;
     this.#books = ctx.books;
+    this.#pageSize = ctx.pageSize;
   }
 
   get size(): number {
@@ -385,15 +392,21 @@ export class MemslotTable {
 
   /** The slot containing `gpa` (address space `asId`). */
   find(gpa: U64, asId = 0): Memslot | undefined {
-    const g = toU64(gpa, 'gpa');
-    return this.#books.find(Number(g / this.#books.page), toInt(asId, 'asId', 0, 0xffff));
+    return this.#books.find(this.#gfn(gpa), asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
+  }
+
+  /** The guest frame of `gpa` (without a BigInt division where the address is a safe number). */
+  #gfn(gpa: U64): number {
+    const g = checkU64(gpa, 'gpa');
+    const n = Number(g);
+    return n <= Number.MAX_SAFE_INTEGER ? Math.floor(n / this.#pageSize) : Number(BigInt(g) / this.#books.page);
   }
 
   /** gpa -> (slot, gmem, file offset, host address), or undefined where no slot is. */
   translate(gpa: U64, asId = 0): Translation | undefined {
-    const g = toU64(gpa, 'gpa');
-    const slot = this.#books.find(Number(g / this.#books.page), toInt(asId, 'asId', 0, 0xffff));
+    const slot = this.#books.find(this.#gfn(gpa), asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
     if (!slot) return undefined;
+    const g = typeof gpa === 'bigint' ? gpa : BigInt(gpa);
     const slotOffset = g - slot.guestPhysAddr;
     return {
       slot,
@@ -499,7 +512,7 @@ export class MemslotTable {
     this.#ctx.checkOpen('ioctl');
     let id: number;
     if (typeof slot === 'object' && slot !== null) {
-      if (!slotState.has(slot)) throw new TypeError(`slot must be a Memslot or a slot id, got ${typeName(slot)}`);
+      if (!isMemslot(slot)) throw new TypeError(`slot must be a Memslot or a slot id, got ${typeName(slot)}`);
       if (slot.vm !== this.#ctx.vm) throw new TypeError('that memslot belongs to another VM');
       id = slot.id;
       asId = slot.asId;

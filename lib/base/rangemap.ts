@@ -2,13 +2,14 @@
  * A map from integer keys (gfns) to values in which a value covers a range and adjacent
  * ranges with equal values merge: one entry per range, never one per key (as the kernel
  * discussion's maple tree does for shareability). Keys not covered have the default value,
- * which is never stored. get() is a binary search; set() touches only the entries it
- * overlaps plus its two neighbours.
+ * which is never stored. The ranges live in a B+ tree keyed by start: get() is O(log n), and
+ * set() O(log n + the ranges it replaces), in any order of keys (a guest converting pages as it
+ * pleases is the normal case).
  *
  * Keys are numbers: a gfn is below 2^52 (a u64 address shifted by the page shift), exactly
- * representable in a double, which keeps the arrays compact and the comparisons fast.
+ * representable in a double.
  */
-import { floorIndex } from './search.js';
+import { BTree } from './btree.js';
 
 export interface RangeEntry<V> {
   start: number;
@@ -17,10 +18,13 @@ export interface RangeEntry<V> {
   value: V;
 }
 
+interface Stored<V> {
+  end: number;
+  value: V;
+}
+
 export class RangeMap<V> {
-  #starts: number[] = [];
-  #ends: number[] = [];
-  #values: V[] = [];
+  #tree = new BTree<Stored<V>>();
 
   constructor(
     readonly defaultValue: V,
@@ -29,17 +33,22 @@ export class RangeMap<V> {
 
   /** Number of stored (non-default, merged) ranges. */
   get count(): number {
-    return this.#starts.length;
-  }
-
-  /** Index of the last entry with start <= key, or -1. */
-  #floor(key: number): number {
-    return floorIndex(this.#starts, key);
+    return this.#tree.size;
   }
 
   get(key: number): V {
-    const i = this.#floor(key);
-    return i >= 0 && key < this.#ends[i]! ? this.#values[i]! : this.defaultValue;
+    const f = this.#tree.floor(key);
+    return f && key < f[1].end ? f[1].value : this.defaultValue;
+  }
+
+  /** Stored ranges overlapping [start, end) (whole, not clamped), in key order. */
+  *#overlapping(start: number, end: number): IterableIterator<RangeEntry<V>> {
+    const f = this.#tree.floor(start);
+    const from = f && f[1].end > start ? f[0] : start;
+    for (const [s, e] of this.#tree.entries(from)) {
+      if (s >= end) return;
+      yield { start: s, end: e.end, value: e.value };
+    }
   }
 
   /**
@@ -48,76 +57,50 @@ export class RangeMap<V> {
    */
   set(start: number, end: number, value: V): RangeEntry<V>[] {
     if (!(end > start)) return [];
+    const isDefault = this.equal(value, this.defaultValue);
+    const old = [...this.#overlapping(start, end)];
     const changed: RangeEntry<V>[] = [];
-    const starts = this.#starts;
-    const ends = this.#ends;
-    const values = this.#values;
-    // First entry that ends after `start` (it may begin before `start`).
-    let i = this.#floor(start);
-    if (i < 0 || ends[i]! <= start) i++;
-    // Collect overlapped entries [i, j).
-    let j = i;
-    const keep: RangeEntry<V>[] = [];
     let cursor = start;
-    while (j < starts.length && starts[j]! < end) {
-      const s = starts[j]!;
-      const e = ends[j]!;
-      const v = values[j]!;
-      if (s > cursor && !this.equal(this.defaultValue, value)) changed.push({ start: cursor, end: s, value: this.defaultValue });
-      const os = Math.max(s, start);
-      const oe = Math.min(e, end);
-      if (!this.equal(v, value)) changed.push({ start: os, end: oe, value: v });
-      if (s < start) keep.push({ start: s, end: start, value: v });
-      if (e > end) keep.push({ start: end, end: e, value: v });
-      cursor = oe;
-      j++;
+    for (const o of old) {
+      if (o.start > cursor && !isDefault) changed.push({ start: cursor, end: o.start, value: this.defaultValue });
+      if (!this.equal(o.value, value)) changed.push({ start: Math.max(o.start, start), end: Math.min(o.end, end), value: o.value });
+      cursor = Math.max(cursor, Math.min(o.end, end));
     }
-    if (cursor < end && !this.equal(this.defaultValue, value)) changed.push({ start: cursor, end, value: this.defaultValue });
+    if (cursor < end && !isDefault) changed.push({ start: cursor, end, value: this.defaultValue });
     if (changed.length === 0) return changed;
 
-    // Replacement entries for [i, j): the kept head, the new range, the kept tail.
-    const repl: RangeEntry<V>[] = [];
-    const head = keep.find((k) => k.end === start);
-    const tail = keep.find((k) => k.start === end);
-    if (head) repl.push(head);
-    if (!this.equal(value, this.defaultValue)) repl.push({ start, end, value });
-    if (tail) repl.push(tail);
-    // Merge with the neighbours outside [i, j) and within repl.
-    let lo = i;
-    let hi = j;
-    if (lo > 0 && repl.length && ends[lo - 1] === repl[0]!.start && this.equal(values[lo - 1]!, repl[0]!.value)) {
-      lo--;
-      repl[0] = { start: starts[lo]!, end: repl[0]!.end, value: repl[0]!.value };
+    // Replace the overlapped ranges by their parts outside [start, end) and the new range,
+    // merged with equal neighbours.
+    const tree = this.#tree;
+    for (const o of old) tree.delete(o.start);
+    const head = old[0] && old[0].start < start ? old[0] : undefined;
+    const tail = old.length && old[old.length - 1]!.end > end ? old[old.length - 1] : undefined;
+    if (head) tree.set(head.start, { end: start, value: head.value });
+    if (tail) tree.set(end, { end: tail.end, value: tail.value });
+    if (!isDefault) {
+      let s = start;
+      let e = end;
+      const left = tree.floor(start - 1);
+      if (left && left[1].end === start && this.equal(left[1].value, value)) {
+        s = left[0];
+        tree.delete(left[0]);
+      }
+      const right = tree.get(end);
+      if (right && this.equal(right.value, value)) {
+        e = right.end;
+        tree.delete(end);
+      }
+      tree.set(s, { end: e, value });
     }
-    if (hi < starts.length && repl.length && starts[hi] === repl[repl.length - 1]!.end && this.equal(values[hi]!, repl[repl.length - 1]!.value)) {
-      const last = repl[repl.length - 1]!;
-      repl[repl.length - 1] = { start: last.start, end: ends[hi]!, value: last.value };
-      hi++;
-    }
-    const merged: RangeEntry<V>[] = [];
-    for (const r of repl) {
-      const prev = merged[merged.length - 1];
-      if (prev && prev.end === r.start && this.equal(prev.value, r.value)) prev.end = r.end;
-      else merged.push({ ...r });
-    }
-    starts.splice(lo, hi - lo, ...merged.map((r) => r.start));
-    ends.splice(lo, hi - lo, ...merged.map((r) => r.end));
-    values.splice(lo, hi - lo, ...merged.map((r) => r.value));
     return changed;
   }
 
   /** Stored ranges overlapping [start, end) (all when omitted), clamped, in key order. */
   *entries(start = -Infinity, end = Infinity): IterableIterator<RangeEntry<V>> {
-    let i = this.#floor(start);
-    if (i < 0 || this.#ends[i]! <= start) i++;
-    for (; i < this.#starts.length && this.#starts[i]! < end; i++) {
-      yield { start: Math.max(this.#starts[i]!, start), end: Math.min(this.#ends[i]!, end), value: this.#values[i]! };
-    }
+    for (const o of this.#overlapping(start, end)) yield { start: Math.max(o.start, start), end: Math.min(o.end, end), value: o.value };
   }
 
   clear(): void {
-    this.#starts = [];
-    this.#ends = [];
-    this.#values = [];
+    this.#tree.clear();
   }
 }

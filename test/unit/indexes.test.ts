@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 import { RangeMap } from '../../lib/base/rangemap.js';
 import { IntervalIndex } from '../../lib/base/interval.js';
-import { GfnRadix } from '../../lib/base/gfnradix.js';
+import { BTree } from '../../lib/base/btree.js';
 
 describe('RangeMap', () => {
   test('equals a per-key model after any sequence of sets; adjacent equal ranges are merged', () => {
@@ -71,35 +71,65 @@ describe('IntervalIndex', () => {
   });
 });
 
-describe('GfnRadix', () => {
-  test('get agrees with a linear scan across leaf and chunk boundaries; remove restores', () => {
-    const CH = 2 ** 18;
-    // interval starts/lengths chosen around 512-page leaves and 2^18-page chunks
-    const edge = fc.oneof(fc.nat(2000), fc.integer({ min: CH - 600, max: CH + 600 }), fc.integer({ min: 3 * CH - 10, max: 3 * CH + 10 }));
-    const len = fc.oneof(fc.integer({ min: 1, max: 1100 }), fc.integer({ min: CH - 2, max: 2 * CH + 2 }));
+describe('IntervalIndex point lookups across its region levels', () => {
+  test('containing agrees with a linear scan around 2 MiB, 1 GiB and 512 GiB region edges, through inserts and removes in any order', () => {
+    const G = 2 ** 18; // pages in 1 GiB
+    const T = 2 ** 27; // pages in 512 GiB
+    const edge = fc.oneof(fc.nat(3000), fc.integer({ min: G - 600, max: G + 600 }), fc.integer({ min: 3 * G - 10, max: 3 * G + 10 }), fc.integer({ min: T - 700, max: T + 700 }));
+    const len = fc.oneof(fc.integer({ min: 1, max: 1100 }), fc.integer({ min: G - 2, max: 2 * G + 2 }), fc.integer({ min: T - 2, max: T + 600 }));
     fc.assert(
-      fc.property(fc.array(fc.tuple(edge, len), { maxLength: 12 }), (raw) => {
-        const r = new GfnRadix<number>();
+      fc.property(fc.array(fc.tuple(edge, len), { maxLength: 14 }), fc.array(fc.nat(13), { maxLength: 10 }), (raw, removals) => {
+        const idx = new IntervalIndex<number>();
         const ivs: [number, number][] = [];
         for (const [s, l] of raw) {
           if (ivs.some(([a, b]) => s < b && a < s + l)) continue;
           ivs.push([s, s + l]);
-          r.insert(s, s + l, ivs.length - 1);
+          idx.insert(s, s + l, ivs.length - 1);
         }
-        const probes = ivs.flatMap(([a, b]) => [a - 1, a, a + 1, b - 1, b, (a + b) >> 1, a + 511, a + 512]);
-        const expectAt = (g: number, alive: Set<number>) => {
-          const i = ivs.findIndex(([a, b], k) => alive.has(k) && a <= g && g < b);
-          expect(r.get(g)).toBe(i < 0 ? undefined : i);
-        };
+        const probes = ivs.flatMap(([a, b]) => [a - 1, a, a + 1, b - 1, b, Math.floor((a + b) / 2), a + 511, a + 512]).filter((g) => g >= 0);
         const alive = new Set(ivs.map((_, i) => i));
-        for (const g of probes) expectAt(g, alive);
-        for (let i = 0; i < ivs.length; i += 2) {
-          r.remove(i);
-          alive.delete(i);
+        const check = () => {
+          for (const g of probes) {
+            const i = ivs.findIndex(([a, b], k) => alive.has(k) && a <= g && g < b);
+            expect(idx.containing(g), `containing(${g})`).toBe(i < 0 ? undefined : i);
+          }
+        };
+        check();
+        for (const r of removals) {
+          if (!alive.has(r)) continue;
+          idx.remove(r);
+          alive.delete(r);
+          check();
         }
-        for (const g of probes) expectAt(g, alive);
+        expect(idx.count).toBe(alive.size);
       }),
       { numRuns: 150 },
+    );
+  });
+});
+
+describe('BTree', () => {
+  test('get, floor, ceil, entries and size equal a sorted model after inserts and deletes in any order', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.boolean(), fc.nat(400)), { maxLength: 600 }), fc.array(fc.nat(420), { maxLength: 20 }), (ops, queries) => {
+        const t = new BTree<number>();
+        const m = new Map<number, number>();
+        for (const [add, k] of ops) {
+          if (add) {
+            t.set(k, k * 3);
+            m.set(k, k * 3);
+          } else expect(t.delete(k)).toBe(m.delete(k));
+        }
+        const keys = [...m.keys()].sort((a, b) => a - b);
+        expect([...t.entries()].map(([k]) => k)).toEqual(keys);
+        expect(t.size).toBe(m.size);
+        for (const q of queries) {
+          expect(t.get(q)).toBe(m.get(q));
+          expect(t.floor(q)?.[0]).toBe(keys.filter((k) => k <= q).pop());
+          expect(t.ceil(q)?.[0]).toBe(keys.find((k) => k >= q));
+        }
+      }),
+      { numRuns: 200 },
     );
   });
 });
