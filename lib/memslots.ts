@@ -10,14 +10,19 @@ import { checkMemslot, isViolation, MAX_GFN_52, memslotWhere, type MemslotContex
 import { explainRefusal, violationError } from './rules/types.js';
 import type { Vm } from './vm.js';
 
+/** Options of MemslotTable.add(): the fields of a KVM_SET_USER_MEMORY_REGION2 call. */
 export interface MemslotOptions {
   /** Slot id (bits 15:0); the lowest free id when omitted. */
   slot?: number;
   /** Address space id (bits 31:16 of the kernel's slot field), default 0. */
   asId?: number;
+  /** First guest-physical address, in bytes (page-aligned). */
   guestPhysAddr: U64;
+  /** Size in bytes: positive and a multiple of the page size. */
   size: U64;
+  /** The guest_memfd that backs the slot's private memory (KVM_MEM_GUEST_MEMFD). */
   guestMemfd?: GuestMemfd;
+  /** Byte offset of the slot's memory in `guestMemfd` (page-aligned), default 0. */
   guestMemfdOffset?: U64;
   /**
    * Host memory for the slot: a Mapping owned by the library (shared memory, or a gmem's).
@@ -28,21 +33,29 @@ export interface MemslotOptions {
   /** Byte offset of the slot's memory in `userspace`; by default 0, or for a mapping of the
    * slot's own gmem, the slot's file offset within it (so both views alias). */
   userspaceOffset?: U64;
+  /** KVM_MEM_READONLY: guest writes exit as MMIO. */
   readonly?: boolean;
+  /** KVM_MEM_LOG_DIRTY_PAGES: KVM logs the pages the guest writes. */
   logDirtyPages?: boolean;
 }
 
 /** A guest frame range that a file range backs through one memslot (end exclusive). */
 export interface GuestRange {
+  /** The memslot through which the file range backs guest memory. */
   slot: Memslot;
+  /** First guest frame number (gpa / page size). */
   gfnStart: bigint;
+  /** Guest frame number just past the range. */
   gfnEnd: bigint;
 }
 
+/** What backs a guest-physical address: MemslotTable.translate()'s answer. */
 export interface Translation {
+  /** The memslot containing the address. */
   slot: Memslot;
   /** Byte offset of the gpa within the slot. */
   slotOffset: bigint;
+  /** The slot's guest_memfd (gmem slots), else undefined. */
   guestMemfd: GuestMemfd | undefined;
   /** File offset in guestMemfd (gmem slots). */
   offset: bigint | undefined;
@@ -64,11 +77,17 @@ export let isMemslot: (x: unknown) => x is Memslot;
 
 /** A memslot the VM has (KVM_SET_USER_MEMORY_REGION2): a read-only view of the kernel's slot. */
 export class Memslot {
+  /** The VM whose slot it is. */
   readonly vm: Vm;
+  /** Slot id (bits 15:0 of the kernel's slot field). */
   readonly id: number;
+  /** Address space id (bits 31:16 of the kernel's slot field). */
   readonly asId: number;
+  /** Size in bytes. */
   readonly size: bigint;
+  /** The guest_memfd bound to the slot (KVM_MEM_GUEST_MEMFD), else undefined. */
   readonly guestMemfd: GuestMemfd | undefined;
+  /** Byte offset of the slot's memory in `guestMemfd` (0n without one). */
   readonly guestMemfdOffset: bigint;
   /** The slot's host memory. */
   readonly userspace: Mapping | undefined;
@@ -95,6 +114,8 @@ export class Memslot {
     this.#guestPhysAddr = init.guestPhysAddr;
     this.#flags = init.flags;
     this.#books = init.books;
+    // Read-only for real: delete() and the books trust id, asId and userspace.
+    Object.freeze(this);
   }
 
   static {
@@ -113,9 +134,11 @@ export class Memslot {
   get flags(): number {
     return this.#flags;
   }
+  /** KVM_MEM_READONLY: guest writes exit as MMIO. */
   get readonly(): boolean {
     return (this.flags & MemFlag.READONLY) !== 0;
   }
+  /** KVM_MEM_LOG_DIRTY_PAGES: KVM logs the pages the guest writes. */
   get logDirtyPages(): boolean {
     return (this.flags & MemFlag.LOG_DIRTY_PAGES) !== 0;
   }
@@ -123,6 +146,7 @@ export class Memslot {
   get deleted(): boolean {
     return this.#books.get(this.id, this.asId) !== this;
   }
+  /** The guest-physical address just past the slot (guestPhysAddr + size). */
   get end(): bigint {
     return this.guestPhysAddr + this.size;
   }
@@ -137,6 +161,7 @@ export class Memslot {
   [Symbol.dispose](): void {
     this.delete();
   }
+  /** 'slot ID [START, END)', plus ' gmem@OFFSET' for a gmem slot (addresses in hex). */
   toString(): string {
     const g = this.guestMemfd ? ` gmem@${hex(this.guestMemfdOffset)}` : '';
     return `slot ${this.id} [${hex(this.guestPhysAddr)}, ${hex(this.end)})${g}`;
@@ -144,6 +169,38 @@ export class Memslot {
 }
 
 const keyOf = (asId: number, id: number) => (asId << 16) | id;
+
+/**
+ * One address space's slots by guest frame, and beside each (by the index's slot number) what
+ * translate() reads: the file offset and userspace_addr in pages, and the gmem. A lookup then
+ * touches typed arrays and the result, not the Memslot object and its BigInt fields: spread
+ * over 32,764 slots, every object touched is a cache miss.
+ */
+class SpaceBooks {
+  readonly index = new IntervalIndex<Memslot>();
+  /** [guestMemfdOffset / page, userspaceAddr / page] by slot number. */
+  pages = new Float64Array(64);
+  gmems: (GuestMemfd | undefined)[] = [];
+
+  insert(start: number, end: number, slot: Memslot, page: bigint): void {
+    const n = this.index.insert(start, end, slot);
+    if (this.pages.length < 2 * (n + 1)) {
+      const grown = new Float64Array(this.pages.length * 2);
+      grown.set(this.pages);
+      this.pages = grown;
+    }
+    this.pages[2 * n] = Number(slot.guestMemfdOffset / page);
+    this.pages[2 * n + 1] = Number(slot.userspaceAddr / page);
+    this.gmems[n] = slot.guestMemfd;
+  }
+
+  remove(slot: Memslot): void {
+    const n = this.index.slotOf(slot);
+    if (n < 0) return;
+    this.index.remove(slot);
+    this.gmems[n] = undefined;
+  }
+}
 
 /**
  * The VM's memslot books: slots by id, by guest frame per address space, and per gmem by file
@@ -154,15 +211,18 @@ export class MemslotBooks {
   readonly page: bigint;
   #byKey = new Map<number, Memslot>();
   /** Per address space: the slots by guest frame (ordered, and a point lookup of a few hash probes). */
-  #byGfn = new Map<number, IntervalIndex<Memslot>>();
+  #byGfn = new Map<number, SpaceBooks>();
   #byFile = new Map<GuestMemfd, IntervalIndex<Memslot>>();
   /** Used slot ids of each address space (bitmaps, for the lowest free id). */
   #used = new Map<number, Uint32Array>();
   /** Mappings the books made for slots given no host memory: unmapped with their last slot. */
   #own = new Set<Mapping>();
 
+  readonly #pageSize: number;
+
   constructor(pageSize: number) {
     this.page = BigInt(pageSize);
+    this.#pageSize = pageSize;
   }
 
   get size(): number {
@@ -175,11 +235,43 @@ export class MemslotBooks {
 
   /** The slot of `asId` containing `gfn`. */
   find(gfn: number, asId: number): Memslot | undefined {
-    return this.#byGfn.get(asId)?.containing(gfn);
+    return this.#byGfn.get(asId)?.index.containing(gfn);
+  }
+
+  /**
+   * gpa -> (slot, gmem, file offset, host address) in address space `asId`, for `gfn` (the
+   * frame of `gpa`). From the typed arrays where every figure is an exact double (always, for
+   * a gpa below 2^53 and what a slot can map), else from the slot's own fields.
+   */
+  translate(gfn: number, gpa: U64, asId: number): Translation | undefined {
+    const sp = this.#byGfn.get(asId);
+    if (!sp) return undefined;
+    const n = sp.index.slotContaining(gfn);
+    if (n < 0) return undefined;
+    const slot = sp.index.itemAt(n);
+    const guestMemfd = sp.gmems[n];
+    const page = this.#pageSize;
+    const at = Number(gpa);
+    const inSlot = at - sp.index.startAt(n) * page;
+    const fileAt = sp.pages[2 * n]! * page + inSlot;
+    const upg = sp.pages[2 * n + 1]!;
+    const hostAt = upg * page + inSlot;
+    if (at <= Number.MAX_SAFE_INTEGER && fileAt <= Number.MAX_SAFE_INTEGER && hostAt <= Number.MAX_SAFE_INTEGER) {
+      return { slot, slotOffset: BigInt(inSlot), guestMemfd, offset: guestMemfd ? BigInt(fileAt) : undefined, userspaceAddr: upg === 0 ? 0n : BigInt(hostAt) };
+    }
+    const g = BigInt(gpa);
+    const slotOffset = g - slot.guestPhysAddr;
+    return {
+      slot,
+      slotOffset,
+      guestMemfd,
+      offset: guestMemfd ? slot.guestMemfdOffset + slotOffset : undefined,
+      userspaceAddr: slot.userspaceAddr === 0n ? 0n : slot.userspaceAddr + slotOffset,
+    };
   }
 
   list(): Memslot[] {
-    return [...this.#byGfn.keys()].sort((a, b) => a - b).flatMap((as) => [...this.#byGfn.get(as)!.items()]);
+    return [...this.#byGfn.keys()].sort((a, b) => a - b).flatMap((as) => [...this.#byGfn.get(as)!.index.items()]);
   }
 
   /** Whether any slot is bound to `gmem` (a punch with none invalidates no guest range). */
@@ -234,7 +326,7 @@ export class MemslotBooks {
         return s && view(s, page);
       },
       overlapping: (asId, id, start, end) => {
-        const s = this.#byGfn.get(asId)?.firstOverlap(Number(start), Number(end), (x) => x.id !== id);
+        const s = this.#byGfn.get(asId)?.index.firstOverlap(Number(start), Number(end), (x) => x.id !== id);
         return s && view(s, page);
       },
       gmem: () => {
@@ -255,9 +347,9 @@ export class MemslotBooks {
 
   insert(slot: Memslot, d: MemslotDecision): void {
     this.#byKey.set(keyOf(slot.asId, slot.id), slot);
-    let idx = this.#byGfn.get(slot.asId);
-    if (!idx) this.#byGfn.set(slot.asId, (idx = new IntervalIndex()));
-    idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
+    let sp = this.#byGfn.get(slot.asId);
+    if (!sp) this.#byGfn.set(slot.asId, (sp = new SpaceBooks()));
+    sp.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot, this.page);
     if (slot.guestMemfd) {
       let f = this.#byFile.get(slot.guestMemfd);
       if (!f) this.#byFile.set(slot.guestMemfd, (f = new IntervalIndex()));
@@ -271,9 +363,9 @@ export class MemslotBooks {
   /** A non-gmem slot moved (the kernel's MOVE) or toggled LOG_DIRTY_PAGES (FLAGS_ONLY). */
   change(slot: Memslot, d: MemslotDecision, flags: number): void {
     if (d.op === 'move') {
-      const idx = this.#byGfn.get(slot.asId)!;
-      idx.remove(slot);
-      idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot);
+      const sp = this.#byGfn.get(slot.asId)!;
+      sp.remove(slot);
+      sp.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot, this.page);
     }
     placeSlot(slot, d.op === 'move' ? d.baseGfn * this.page : slot.guestPhysAddr, flags);
   }
@@ -293,9 +385,22 @@ export class MemslotBooks {
   #unpin(m: Mapping, slot: Memslot): void {
     unpinMapping(m, slot);
     if (this.#own.has(m) && m.slots.length === 0) {
-      this.#own.delete(m);
+      this.#forgetOwn(m);
       m.close();
     }
+  }
+
+  /** Own mappings by gmem and file page (they cover disjoint bound ranges), for ownMapping(). */
+  #ownByFile = new Map<GuestMemfd, IntervalIndex<Mapping>>();
+
+  #forgetOwn(m: Mapping): boolean {
+    if (!this.#own.delete(m)) return false;
+    const idx = m.guestMemfd && this.#ownByFile.get(m.guestMemfd);
+    if (idx) {
+      idx.remove(m);
+      if (idx.count === 0) this.#ownByFile.delete(m.guestMemfd!);
+    }
+    return true;
   }
 
   /** Forgets every slot (the VM is being destroyed, and the kernel with it). */
@@ -306,6 +411,7 @@ export class MemslotBooks {
     this.#byFile.clear();
     this.#used.clear();
     for (const s of slots) if (s.userspace) this.#unpin(s.userspace, s);
+    this.#ownByFile.clear();
   }
 
   /**
@@ -314,17 +420,24 @@ export class MemslotBooks {
    * simulated terabyte file cannot be mapped whole). `made`: whether it is new.
    */
   ownMapping(gmem: GuestMemfd, offset: bigint, size: bigint): { mapping: Mapping; made: boolean } {
-    for (const m of this.#own) {
-      if (m.guestMemfd === gmem && !m.closed && m.offset <= offset && offset + size <= m.offset + m.length) return { mapping: m, made: false };
-    }
+    const first = Number(offset / this.page);
+    const last = Number((offset + size + this.page - 1n) / this.page);
+    let idx = this.#ownByFile.get(gmem);
+    const m = idx?.firstOverlap(first, last);
+    if (m && !m.closed && m.offset <= offset && offset + size <= m.offset + m.length) return { mapping: m, made: false };
     const mapping = gmem.map({ offset, length: size });
     this.#own.add(mapping);
+    // (An overlap left here would be a mapping that is not wholly in the way: keep it unindexed.)
+    if (!m) {
+      if (!idx) this.#ownByFile.set(gmem, (idx = new IntervalIndex()));
+      idx.insert(first, last, mapping);
+    }
     return { mapping, made: true };
   }
 
   /** Unmaps a mapping ownMapping() made for a slot that was then refused. */
   dropOwn(m: Mapping): void {
-    if (this.#own.delete(m) && m.slots.length === 0) m.close();
+    if (this.#forgetOwn(m) && m.slots.length === 0) m.close();
   }
 
   #bitmap(asId: number): Uint32Array {
@@ -373,6 +486,7 @@ export class MemslotTable {
     this.#pageSize = ctx.pageSize;
   }
 
+  /** The number of slots, over every address space. */
   get size(): number {
     return this.#books.size;
   }
@@ -382,15 +496,19 @@ export class MemslotTable {
     return this.#books.list();
   }
 
+  /** The slots, in list() order. */
   [Symbol.iterator](): IterableIterator<Memslot> {
     return this.list()[Symbol.iterator]();
   }
 
+  /** The slot `id` of address space `asId`, or undefined. Both are integers in [0, 0xffff]
+   * (TypeError, RangeError otherwise). */
   get(id: number, asId = 0): Memslot | undefined {
     return this.#books.get(toInt(id, 'id', 0, 0xffff), toInt(asId, 'asId', 0, 0xffff));
   }
 
-  /** The slot containing `gpa` (address space `asId`). */
+  /** The slot containing `gpa` (address space `asId`), or undefined. A `gpa` that is not a u64
+   * is a TypeError or RangeError. */
   find(gpa: U64, asId = 0): Memslot | undefined {
     return this.#books.find(this.#gfn(gpa), asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
   }
@@ -404,20 +522,14 @@ export class MemslotTable {
 
   /** gpa -> (slot, gmem, file offset, host address), or undefined where no slot is. */
   translate(gpa: U64, asId = 0): Translation | undefined {
-    const slot = this.#books.find(this.#gfn(gpa), asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
-    if (!slot) return undefined;
-    const g = typeof gpa === 'bigint' ? gpa : BigInt(gpa);
-    const slotOffset = g - slot.guestPhysAddr;
-    return {
-      slot,
-      slotOffset,
-      guestMemfd: slot.guestMemfd,
-      offset: slot.guestMemfd ? slot.guestMemfdOffset + slotOffset : undefined,
-      userspaceAddr: slot.userspaceAddr === 0n ? 0n : slot.userspaceAddr + slotOffset,
-    };
+    return this.#books.translate(this.#gfn(gpa), gpa, asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
   }
 
-  /** (gmem, file offset) -> the slot and gpa that it backs, or undefined where unbound. */
+  /**
+   * (gmem, file offset) -> the slot and gpa that it backs, or undefined where unbound: `slot`
+   * is bound to the file page containing `offset`, and `gpa` is the guest-physical address
+   * that `offset` backs. A `gmem` that is not a GuestMemfd is a TypeError.
+   */
   reverse(gmem: GuestMemfd, offset: U64): { slot: Memslot; gpa: bigint } | undefined {
     const g = checkGmem(gmem);
     const off = toU64(offset, 'offset');
@@ -438,8 +550,18 @@ export class MemslotTable {
     return this.#books.boundTo(checkGmem(gmem));
   }
 
-  /** KVM_SET_USER_MEMORY_REGION2 creating a slot (or, for an existing non-gmem id, moving it
-   * or toggling LOG_DIRTY_PAGES, as the kernel does). */
+  /**
+   * KVM_SET_USER_MEMORY_REGION2 creating a slot (or, for an existing non-gmem id, moving it
+   * or toggling LOG_DIRTY_PAGES, as the kernel does).
+   *
+   * Options of the wrong type, and a slot with neither `guestMemfd` nor `userspace`, are
+   * TypeErrors; a size of 0, or slot memory past the end of `userspace`, a RangeError. A
+   * closed gmem or unmapped `userspace` is EBADF; no free slot id, EINVAL. A conflict with
+   * the slots already there names the slot in the way (`conflict`): EEXIST for an overlapping
+   * guest range (refused before the call with `precheck`), and for a file range another slot
+   * binds, the kernel's own code (EINVAL on 6.18, EEXIST on 7.x). Other refusals are the
+   * kernel's KvmError, explained by the rule it applied.
+   */
   add(options: MemslotOptions): Memslot {
     const ctx = this.#ctx;
     ctx.checkOpen('ioctl');
@@ -507,7 +629,11 @@ export class MemslotTable {
     }
   }
 
-  /** KVM_SET_USER_MEMORY_REGION2 with size 0. Accepts the Memslot or its id. */
+  /**
+   * KVM_SET_USER_MEMORY_REGION2 with size 0. Accepts the Memslot or its id (in address space
+   * `asId`). A Memslot of another VM, or a value that is neither, is a TypeError; an id with
+   * no slot, the kernel's EINVAL. EBADF once the VM is closed.
+   */
   delete(slot: Memslot | number, asId = 0): void {
     this.#ctx.checkOpen('ioctl');
     let id: number;

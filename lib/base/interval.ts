@@ -4,12 +4,18 @@
  *
  * Ordered queries (overlaps, in order) use a B+ tree keyed by start: insert and remove are
  * O(log n) in any order. Point lookups (which interval holds this key: memslots.find and
- * translate) use a hash of aligned regions on top: 512 keys (2 MiB of 4 KiB pages), 2^18 (1 GiB)
+ * translate) use hashes of aligned regions on top: 512 keys (2 MiB of 4 KiB pages), 2^18 (1 GiB)
  * and 2^27 (512 GiB). An interval claims the largest aligned regions inside it and, at the
  * finest level, the regions it touches at its edges, so a lookup costs one to three hash
  * probes whatever the number of intervals and their layout; only a 2 MiB region that several
  * intervals share falls back to the tree. An interval costs a few regions (a 1 TiB one: one),
  * never one per page.
+ *
+ * The lookup path touches typed arrays only, until the item itself: a region hash (region
+ * number -> the interval's slot number), the intervals' bounds by slot number, the items by
+ * slot number. With 32,764 intervals that is about a megabyte, which stays in the cache where
+ * a path through an object per interval would not (a lookup spread over every memslot costs
+ * what it costs over a few).
  */
 import { BTree } from './btree.js';
 
@@ -19,136 +25,190 @@ interface Entry<T> {
   item: T;
 }
 
-/** A region several intervals share: how many. */
-class Shared {
-  constructor(public count: number) {}
-}
+/** No region here (RegionTable.get). Values <= -2 are a region that -value intervals share. */
+const NONE = -1;
+const EMPTY_KEY = -1;
+const DELETED_KEY = -2;
+const REGION = [2 ** 9, 2 ** 18, 2 ** 27]; // region sizes in keys, finest first
 
-const LEVELS = [9, 18, 27].map((b) => 2 ** b); // region sizes in keys
+/**
+ * Open addressing (linear probing, Fibonacci hashing) from region numbers (non-negative
+ * integers below 2^53) to a value: an interval's slot number, or minus the number of
+ * intervals sharing the region. Each entry also holds where in the region the owning
+ * interval starts and ends (clamped to the region), so that a lookup reads one 16-byte entry
+ * and nothing else of the index. Entry i: key (f64 at byte 16i), value (i32 at 16i + 8),
+ * start and end within the region (u16 at 16i + 12 and 16i + 14; used at the finest level,
+ * whose regions are 512 keys).
+ */
+class RegionTable {
+  keys!: Float64Array;
+  values!: Int32Array;
+  offsets!: Uint16Array;
+  /** 32 - log2(capacity): the hash is the top bits of a multiplicative hash. */
+  shift = 28;
+  used = 0; // keys that are not EMPTY (live and deleted)
+  live = 0;
 
-/** Open addressing over region numbers (non-negative integers below 2^53). */
-class RegionTable<T> {
-  #keys = new Float64Array(16).fill(-1);
-  #values: (Entry<T> | Shared | undefined)[] = new Array(16);
-  #used = 0; // keys not -1 (live and deleted)
-  #live = 0;
-
-  static readonly #DELETED = -2;
-
-  #slot(key: number): number {
-    const mask = this.#keys.length - 1;
-    const lo = key % 4294967296;
-    const hi = (key - lo) / 4294967296;
-    let h = Math.imul((lo | 0) ^ Math.imul(hi | 0, 0x85ebca6b), 0x9e3779b1) >>> 0;
-    h = (h ^ (h >>> 15)) & mask;
-    return h;
+  constructor(readonly size: number) {
+    this.#allocate(16);
   }
 
-  get(key: number): Entry<T> | Shared | undefined {
-    const keys = this.#keys;
-    const mask = keys.length - 1;
-    for (let i = this.#slot(key); ; i = (i + 1) & mask) {
-      const k = keys[i]!;
-      if (k === key) return this.#values[i];
-      if (k === -1) return undefined;
+  #allocate(capacity: number): void {
+    const buffer = new ArrayBuffer(capacity * 16);
+    this.keys = new Float64Array(buffer);
+    this.values = new Int32Array(buffer);
+    this.offsets = new Uint16Array(buffer);
+    for (let i = 0; i < capacity; i++) this.keys[2 * i] = EMPTY_KEY;
+    this.shift = 32 - Math.log2(capacity);
+  }
+
+  get capacity(): number {
+    return this.keys.length >> 1;
+  }
+
+  #home(key: number): number {
+    const lo = key % 4294967296;
+    const hi = (key - lo) / 4294967296;
+    return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> this.shift;
+  }
+
+  /** The position (entry index) of `key`, or -1. */
+  find(key: number): number {
+    const keys = this.keys;
+    const mask = (keys.length >> 1) - 1;
+    for (let i = this.#home(key); ; i = (i + 1) & mask) {
+      const k = keys[2 * i]!;
+      if (k === key) return i;
+      if (k === EMPTY_KEY) return -1;
     }
   }
 
-  set(key: number, value: Entry<T> | Shared): void {
-    const keys = this.#keys;
-    const mask = keys.length - 1;
-    let free = -1;
-    for (let i = this.#slot(key); ; i = (i + 1) & mask) {
-      const k = keys[i]!;
+  get(key: number): number {
+    const i = this.find(key);
+    return i < 0 ? NONE : this.values[4 * i + 2]!;
+  }
+
+  /** Sets region `key` to `value`, owned by the interval [start, end) (in keys). */
+  set(key: number, value: number, start: number, end: number): void {
+    const keys = this.keys;
+    const mask = (keys.length >> 1) - 1;
+    let at = -1;
+    let fresh = false;
+    for (let i = this.#home(key); ; i = (i + 1) & mask) {
+      const k = keys[2 * i]!;
       if (k === key) {
-        this.#values[i] = value;
-        return;
+        at = i;
+        break;
       }
-      if (k === RegionTable.#DELETED && free < 0) free = i;
-      if (k === -1) {
-        if (free < 0) {
-          free = i;
-          this.#used++;
+      if (k === DELETED_KEY && at < 0) at = i;
+      if (k === EMPTY_KEY) {
+        if (at < 0) {
+          at = i;
+          this.used++;
         }
+        fresh = true;
         break;
       }
     }
-    keys[free] = key;
-    this.#values[free] = value;
-    this.#live++;
-    if (this.#used * 2 > keys.length) this.#rehash(this.#live * 4 > keys.length ? keys.length * 2 : keys.length);
+    const base = key * this.size;
+    keys[2 * at] = key;
+    this.values[4 * at + 2] = value;
+    this.offsets[8 * at + 6] = Math.max(0, Math.min(this.size, start - base)) & 0xffff;
+    this.offsets[8 * at + 7] = Math.max(0, Math.min(this.size, end - base)) & 0xffff;
+    if (!fresh) return;
+    this.live++;
+    const capacity = this.capacity;
+    if (this.used * 2 > capacity) this.#rehash(this.live * 4 > capacity ? capacity * 2 : capacity);
   }
 
   delete(key: number): void {
-    const keys = this.#keys;
-    const mask = keys.length - 1;
-    for (let i = this.#slot(key); ; i = (i + 1) & mask) {
-      const k = keys[i]!;
-      if (k === key) {
-        keys[i] = RegionTable.#DELETED;
-        this.#values[i] = undefined;
-        this.#live--;
-        if (keys.length > 16 && this.#live * 8 < keys.length) this.#rehash(keys.length / 2);
-        return;
-      }
-      if (k === -1) return;
+    const i = this.find(key);
+    if (i < 0) return;
+    this.keys[2 * i] = DELETED_KEY;
+    this.live--;
+    const capacity = this.capacity;
+    if (capacity > 16 && this.live * 8 < capacity) this.#rehash(capacity / 2);
+  }
+
+  #rehash(capacity: number): void {
+    const { keys, values, offsets } = this;
+    const old = keys.length >> 1;
+    this.#allocate(capacity);
+    this.used = 0;
+    this.live = 0;
+    for (let i = 0; i < old; i++) {
+      const k = keys[2 * i]!;
+      if (k < 0) continue;
+      const base = k * this.size;
+      this.set(k, values[4 * i + 2]!, base + offsets[8 * i + 6]!, base + offsets[8 * i + 7]!);
     }
   }
 
-  #rehash(size: number): void {
-    const oldKeys = this.#keys;
-    const oldValues = this.#values;
-    this.#keys = new Float64Array(size).fill(-1);
-    this.#values = new Array(size);
-    this.#used = 0;
-    this.#live = 0;
-    for (let i = 0; i < oldKeys.length; i++) if (oldKeys[i]! >= 0) this.set(oldKeys[i]!, oldValues[i]!);
-  }
-
-  /** Bytes held (for the benchmark's bytes-per-interval figure). */
+  /** Bytes held. */
   get bytes(): number {
-    return this.#keys.length * 16;
+    return this.keys.byteLength;
   }
 }
 
 export class IntervalIndex<T> {
   #tree = new BTree<Entry<T>>();
-  #startOf = new Map<T, number>();
-  #levels = LEVELS.map(() => new RegionTable<T>());
+  /** Each interval's slot number: its place in #items and #bounds (reused after removal). */
+  #slotOf = new Map<T, number>();
+  #items: (T | undefined)[] = [];
+  /** [start, end) of the interval in each slot. */
+  #bounds = new Float64Array(32);
+  #free: number[] = [];
+  #levels = REGION.map((size) => new RegionTable(size));
 
   get count(): number {
     return this.#tree.size;
   }
 
-  /** Inserts [start, end) -> item; the caller guarantees it overlaps nothing. */
-  insert(start: number, end: number, item: T): void {
+  /**
+   * Inserts [start, end) -> item; the caller guarantees it overlaps nothing. Returns the
+   * interval's slot number (for slotContaining(), itemAt(), startAt(); reused once removed).
+   */
+  insert(start: number, end: number, item: T): number {
     const e: Entry<T> = { start, end, item };
     this.#tree.set(start, e);
-    this.#startOf.set(item, start);
+    const slot = this.#free.pop() ?? this.#items.length;
+    if (slot === this.#items.length) this.#items.push(item);
+    else this.#items[slot] = item;
+    if (this.#bounds.length < 2 * (slot + 1)) {
+      const grown = new Float64Array(this.#bounds.length * 2);
+      grown.set(this.#bounds);
+      this.#bounds = grown;
+    }
+    this.#bounds[2 * slot] = start;
+    this.#bounds[2 * slot + 1] = end;
+    this.#slotOf.set(item, slot);
     this.#regions(start, end, (level, r) => {
       const table = this.#levels[level]!;
       const v = table.get(r);
-      if (v === undefined) table.set(r, e);
-      else if (v instanceof Shared) v.count++;
-      else table.set(r, new Shared(2));
+      // Free, or now shared by one more interval (a shared region counts them, negated).
+      table.set(r, v === NONE ? slot : v >= 0 ? -2 : v - 1, start, end);
     });
+    return slot;
   }
 
   remove(item: T): boolean {
-    const start = this.#startOf.get(item);
-    if (start === undefined) return false;
-    const e = this.#tree.get(start)!;
+    const slot = this.#slotOf.get(item);
+    if (slot === undefined) return false;
+    const start = this.#bounds[2 * slot]!;
+    const end = this.#bounds[2 * slot + 1]!;
     this.#tree.delete(start);
-    this.#startOf.delete(item);
-    this.#regions(e.start, e.end, (level, r) => {
+    this.#slotOf.delete(item);
+    this.#items[slot] = undefined;
+    this.#free.push(slot);
+    this.#regions(start, end, (level, r) => {
       const table = this.#levels[level]!;
       const v = table.get(r);
-      if (!(v instanceof Shared)) return table.delete(r);
-      if (--v.count > 1) return;
+      if (v >= 0) return table.delete(r);
+      if (v < -2) return table.set(r, v + 1, 0, 0);
       // One interval left in the region: it holds the region alone again.
-      const size = LEVELS[level]!;
+      const size = REGION[level]!;
       const left = this.#firstOverlapEntry(r * size, (r + 1) * size);
-      if (left) table.set(r, left);
+      if (left) table.set(r, this.#slotOf.get(left.item)!, left.start, left.end);
       else table.delete(r);
     });
     return true;
@@ -162,8 +222,8 @@ export class IntervalIndex<T> {
     // What the coarser levels claimed: one contiguous range of keys, [lo, hi).
     let lo = 0;
     let hi = 0;
-    for (let level = LEVELS.length - 1; level >= 0; level--) {
-      const size = LEVELS[level]!;
+    for (let level = REGION.length - 1; level >= 0; level--) {
+      const size = REGION[level]!;
       const first = level === 0 ? Math.floor(start / size) : Math.ceil(start / size);
       const last = level === 0 ? Math.ceil(end / size) : Math.floor(end / size);
       if (first >= last) continue;
@@ -185,18 +245,46 @@ export class IntervalIndex<T> {
 
   /** The item whose interval holds `key`. */
   containing(key: number): T | undefined {
+    const n = this.slotContaining(key);
+    return n < 0 ? undefined : this.#items[n];
+  }
+
+  /** The slot number of the interval holding `key`, or -1. */
+  slotContaining(key: number): number {
     const levels = this.#levels;
-    const v = levels[0]!.get(Math.floor(key / 512));
-    if (v !== undefined) {
-      if (!(v instanceof Shared)) return v.start <= key && key < v.end ? v.item : undefined;
+    const fine = levels[0]!;
+    const r = Math.floor(key / 512);
+    const i = fine.find(r);
+    const v = i < 0 ? NONE : fine.values[4 * i + 2]!;
+    if (v >= 0) {
+      const within = key - r * 512;
+      const o = fine.offsets;
+      return o[8 * i + 6]! <= within && within < o[8 * i + 7]! ? v : -1;
+    }
+    if (v !== NONE) {
       const f = this.#tree.floor(key);
-      return f && key < f[1].end ? f[1].item : undefined;
+      return f && key < f[1].end ? this.#slotOf.get(f[1].item)! : -1;
     }
-    for (let level = 1; level < levels.length; level++) {
-      const w = levels[level]!.get(Math.floor(key / LEVELS[level]!));
-      if (w !== undefined) return (w as Entry<T>).item;
-    }
-    return undefined;
+    // Coarser regions are claimed only by an interval that covers them whole.
+    const w = levels[1]!.get(Math.floor(key / 262144));
+    if (w >= 0) return w;
+    const x = levels[2]!.get(Math.floor(key / 134217728));
+    return x >= 0 ? x : -1;
+  }
+
+  /** The slot number of `item`, or -1. */
+  slotOf(item: T): number {
+    return this.#slotOf.get(item) ?? -1;
+  }
+
+  /** The item in slot `n` (a number slotContaining() or insert() gave). */
+  itemAt(n: number): T {
+    return this.#items[n]!;
+  }
+
+  /** The start of the interval in slot `n`. */
+  startAt(n: number): number {
+    return this.#bounds[2 * n]!;
   }
 
   /** The first interval (by start) overlapping [start, end) that passes `filter`. */
@@ -218,8 +306,8 @@ export class IntervalIndex<T> {
     for (const [, e] of this.#tree.entries()) yield e.item;
   }
 
-  /** Approximate bytes held by the index (the benchmark's per-interval figure). */
+  /** Approximate bytes held by the index. */
   get bytes(): number {
-    return this.#tree.size * 96 + this.#levels.reduce((s, t) => s + t.bytes, 0);
+    return this.#tree.size * 96 + this.#bounds.byteLength + this.#levels.reduce((s, t) => s + t.bytes, 0);
   }
 }
