@@ -21,6 +21,7 @@ export let releaseGuestMemfd: (g: GuestMemfd) => void;
  * punched, and, with mmap + initShared, be mapped by the host.
  */
 export class GuestMemfd {
+  /** The VM it was created on. */
   readonly vm: Vm;
   /** Size in bytes (fixed at creation). */
   readonly size: bigint;
@@ -44,6 +45,8 @@ export class GuestMemfd {
     this.flags = flags;
     this.#resources = { fd, mappings: new Set() };
     this.#key = ctx.adopt(this.#resources);
+    // What memslots.add() and the books read (closed, size, fd, vm, flags) cannot be shadowed.
+    Object.freeze(this);
   }
 
   static {
@@ -51,10 +54,12 @@ export class GuestMemfd {
     releaseGuestMemfd = (g: GuestMemfd) => g.#release();
   }
 
+  /** The guest_memfd's fd (or simulated handle). A KvmError (EBADF) once closed. */
   get fd(): Handle {
     this.#check('fd');
     return this.#fd;
   }
+  /** Whether it is closed (by close(), or with its VM). */
   get closed(): boolean {
     return this.#closed;
   }
@@ -84,7 +89,11 @@ export class GuestMemfd {
     return [off, len];
   }
 
-  /** fallocate(FALLOC_FL_KEEP_SIZE): allocates [offset, offset + length). */
+  /**
+   * fallocate(FALLOC_FL_KEEP_SIZE): allocates [offset, offset + length) (bytes). The kernel
+   * refuses (EINVAL) a length of 0, a range that is not page-aligned or ends past the file's
+   * size. A value that is not a u64 is a TypeError or RangeError; EBADF once closed.
+   */
   allocate(offset: U64, length: U64): void {
     this.#fallocate(Falloc.KEEP_SIZE, offset, length);
   }
@@ -93,7 +102,8 @@ export class GuestMemfd {
    * fallocate(PUNCH_HOLE | KEEP_SIZE): frees [offset, offset + length), which then reads as
    * zeros from the host and the guest. Returns the guest frame ranges the punch invalidated
    * (one per memslot bound to an overlapping file range, clamped at both ends); the VM also
-   * emits them as an 'invalidate' event.
+   * emits them as an 'invalidate' event. The kernel refuses (EINVAL) a length of 0 and a range
+   * that is not page-aligned; EBADF once closed.
    */
   punchHole(offset: U64, length: U64): GuestRange[] {
     const [off, len] = this.#fallocate(Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, offset, length);
@@ -107,9 +117,10 @@ export class GuestMemfd {
   }
 
   /**
-   * Maps [offset, offset + length) shared (default: the whole file). Refused when the pages
-   * are not host-accessible (no initShared: a touch would SIGBUS) and past the file's end.
-   * A gmem created without mmap gets the kernel's ENODEV.
+   * Maps [offset, offset + length) shared (default: the whole file, or from `offset` to its
+   * end), in bytes. Refused when the pages are not host-accessible (no initShared: a touch
+   * would SIGBUS; KvmError EFAULT) and past the file's end (RangeError). A gmem created
+   * without mmap gets the kernel's ENODEV. EBADF once closed.
    */
   map(opts?: { offset?: U64; length?: U64 }): Mapping {
     this.#check('mmap');
@@ -140,7 +151,7 @@ export class GuestMemfd {
     },
   };
 
-  /** fstat(2) of the file. */
+  /** fstat(2) of the file. EBADF once closed. */
   stat(): RawStat {
     this.#check('fstat');
     return this.#ctx.raw.fstat(this.#fd);
@@ -173,6 +184,7 @@ export class GuestMemfd {
     this.#ctx.raw.close(this.#fd);
   }
 
+  /** close(), for `using gmem = vm.createGuestMemfd(...)`. */
   [Symbol.dispose](): void {
     this.close();
   }

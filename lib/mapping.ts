@@ -83,6 +83,7 @@ export class Mapping {
   readonly source: MappingSource;
   /** File offset of the first byte (0 for shared memory). */
   readonly offset: bigint;
+  /** Length of the mapping in bytes. */
   readonly length: bigint;
   #raw: RawBackend;
   #mapping: RawMapping;
@@ -102,6 +103,10 @@ export class Mapping {
     this.source = init.source;
     this.offset = init.offset;
     this.length = init.length;
+    // What memslots.add() and the books read (length, closed, address, guestMemfd) cannot be
+    // shadowed by properties of the caller's: a slot larger than its memory, or over memory
+    // already unmapped, would let the guest reach whatever the process maps there next.
+    Object.freeze(this);
   }
 
   static {
@@ -126,11 +131,13 @@ export class Mapping {
     return this.#mapping.address;
   }
 
+  /** Whether it is unmapped (by close(), or by its owner's close). */
   get closed(): boolean {
     return this.#closed;
   }
 
-  /** The memfd behind shared memory made with `memfd: true` (for passing to another process). */
+  /** The memfd behind shared memory made with `memfd: true` (for passing to another process);
+   * undefined for other mappings. A KvmError (EBADF) once unmapped. */
   get fd(): Handle | undefined {
     this.#check();
     return this.#memfd;
@@ -140,7 +147,8 @@ export class Mapping {
     if (this.#closed) throw kvmError('EBADF', { syscall: 'mmap' }, `mapping ${hex(this.address)} is unmapped`);
   }
 
-  /** The whole mapping as one Uint8Array (mappings up to 4 GiB; use view() beyond). */
+  /** The whole mapping as one zero-copy Uint8Array (mappings up to 4 GiB; beyond, a
+   * RangeError: use view()). EBADF once unmapped. */
   get bytes(): Uint8Array {
     this.#check();
     if (this.length > BigInt(MAX_VIEW)) {
@@ -152,7 +160,8 @@ export class Mapping {
     return this.#bytes;
   }
 
-  /** A zero-copy window [offset, offset + length) of the mapping. */
+  /** A zero-copy window [offset, offset + length) of the mapping, in bytes. A window past the
+   * mapping's end or longer than 4 GiB is a RangeError; EBADF once unmapped. */
   view(offset: bigint | number, length: bigint | number): Uint8Array {
     this.#check();
     const [off, len] = this.#range(offset, length, 'view');
@@ -177,6 +186,8 @@ export class Mapping {
    * Frees the pages of [offset, offset + length) of shared memory (MADV_REMOVE): they read as
    * zeros after, here and in the guest. What a VMM does with the shared half of a range it
    * converts to private. (A guest_memfd range is freed with GuestMemfd.punchHole().)
+   * On a guest_memfd mapping, a TypeError; a range outside the mapping or not page-aligned, a
+   * RangeError; EBADF once unmapped.
    */
   discard(offset: bigint | number, length: bigint | number): void {
     this.#check();
@@ -203,14 +214,19 @@ export class Mapping {
     this.#raw.munmap(this.#mapping);
     this.#closed = true;
     this.#bytes = undefined;
-    if (this.#memfd !== undefined) this.#raw.close(this.#memfd);
-    if (orphans.has(this)) {
-      orphans.delete(this);
-      unregister(this);
+    try {
+      if (this.#memfd !== undefined) this.#raw.close(this.#memfd);
+    } finally {
+      // (Unmapped: its owner forgets it even when the memfd was closed behind its back.)
+      if (orphans.has(this)) {
+        orphans.delete(this);
+        unregister(this);
+      }
+      this.#owner.forget(this, this.#mapping);
     }
-    this.#owner.forget(this, this.#mapping);
   }
 
+  /** close(), for `using m = gmem.map()`. */
   [Symbol.dispose](): void {
     this.close();
   }

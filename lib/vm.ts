@@ -16,7 +16,16 @@ import { checkSetMemoryAttributes } from './rules/attributes.js';
 import { explainRefusal } from './rules/types.js';
 import { isVcpu, Vcpu, type VcpuExit } from './vcpu.js';
 
+/** %TypedArray%.prototype's getters: what a Uint8Array is, whatever its class says. */
+const typedArrayProto = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const intrinsic = (key: 'buffer' | 'byteOffset' | 'length') => Object.getOwnPropertyDescriptor(typedArrayProto, key)!.get!;
+const taBuffer = intrinsic('buffer') as (this: Uint8Array) => ArrayBufferLike;
+const taByteOffset = intrinsic('byteOffset') as (this: Uint8Array) => number;
+const taLength = intrinsic('length') as (this: Uint8Array) => number;
+
+/** Options of Vm.createGuestMemfd(). */
 export interface GuestMemfdOptions {
+  /** Size in bytes: a positive multiple of the page size (else the kernel's EINVAL). */
   size: U64;
   /** GUEST_MEMFD_FLAG_MMAP: the host may mmap the file. */
   mmap?: boolean;
@@ -26,6 +35,7 @@ export interface GuestMemfdOptions {
   flags?: U64;
 }
 
+/** Options of Vm.createSharedMemory(). */
 export interface SharedMemoryOptions {
   /** Bytes, a multiple of the page size. */
   size: U64;
@@ -55,8 +65,11 @@ export interface ConvertOptions {
 
 /** What vm.convert() did. */
 export interface Conversion {
+  /** First guest-physical address of the range, in bytes. */
   gpa: bigint;
+  /** Size of the range in bytes. */
   size: bigint;
+  /** Whether the range was to become private (else shared). */
   toPrivate: boolean;
   /** Ranges whose attributes changed (empty when the range already was so). */
   changed: ChangedRange[];
@@ -70,15 +83,21 @@ export interface Conversion {
 
 /** Payload of the Vm's 'invalidate' event (a punch-hole zapped these guest ranges). */
 export interface InvalidateEvent {
+  /** The guest_memfd punched. */
   guestMemfd: GuestMemfd;
+  /** File offset of the punched range, in bytes. */
   offset: bigint;
+  /** Length of the punched range, in bytes. */
   length: bigint;
+  /** The guest frame ranges it backed, one per memslot (what punchHole() returns). */
   ranges: GuestRange[];
 }
 
 /** Payload of the Vm's 'convert' event: the ranges whose attributes changed, with old values. */
 export interface ConvertEvent {
+  /** The attributes the ranges now have (KVM_MEMORY_ATTRIBUTE_PRIVATE = 8n, or 0n: shared). */
   attributes: bigint;
+  /** The ranges whose attributes changed, in guest-physical bytes, each with its old value. */
   changed: ChangedRange[];
 }
 
@@ -92,10 +111,11 @@ export interface VmEvents {
 
 /** Host access to guest memory through the slots' host mappings. */
 export interface GuestMemory {
-  /** Reads [gpa, gpa + length); EFAULT (reading nothing) where a page has no slot, no host
-   * memory, or is private. */
+  /** Reads [gpa, gpa + length) into a new Uint8Array (length in bytes, at most 2^32); EFAULT
+   * (reading nothing) where a page has no slot, no host memory, or is private. */
   read(gpa: U64, length: number): Uint8Array;
-  /** Writes `bytes` at gpa: all of them, or (EFAULT, writing nothing) none. */
+  /** Writes `bytes` (a Uint8Array, else a TypeError) at gpa: all of them, or (EFAULT,
+   * writing nothing) none. */
   write(gpa: U64, bytes: Uint8Array): void;
 }
 
@@ -103,13 +123,18 @@ export interface GuestMemory {
  * A KVM virtual machine: owns its guest_memfds, vCPUs, shared memory and memslot/attribute
  * books. Emits 'invalidate' (InvalidateEvent) after a punch-hole that zapped guest ranges, and
  * 'convert' (ConvertEvent) after memory attributes changed. Listeners run after the change; one
- * that throws cannot undo it (its error is rethrown asynchronously, as an uncaught exception).
+ * that throws cannot undo it, nor keep the other listeners from being called (its error is
+ * rethrown asynchronously, as an uncaught exception).
  */
 export class Vm extends EventEmitter<VmEvents> {
+  /** The Kvm that created this VM. */
   readonly kvm: Kvm;
   /** The VM type as created (its name when known). */
   readonly type: VmTypeName | number;
+  /** The VM's memslots (KVM_SET_USER_MEMORY_REGION2) and the books kept about them. */
   readonly memslots: MemslotTable;
+  /** The VM's memory attributes as set through this object (setMemoryAttributes(), convert()),
+   * read from the books without an ioctl. */
   readonly attributes: AttributeBook;
   /** Host access to guest memory through the slots' host mappings. */
   readonly memory: GuestMemory;
@@ -145,12 +170,16 @@ export class Vm extends EventEmitter<VmEvents> {
         this.#shared.delete(child as Mapping);
       },
       emit: (event: string, payload: unknown) => {
-        try {
-          (this.emit as (e: string, p: unknown) => boolean)(event, payload);
-        } catch (e) {
-          queueMicrotask(() => {
-            throw e;
-          });
+        // Each listener on its own: one that throws neither undoes the change nor keeps the
+        // listeners after it from learning of it (EventEmitter.emit stops at the first throw).
+        for (const listener of this.rawListeners(event as keyof VmEvents)) {
+          try {
+            Reflect.apply(listener, this, [payload]);
+          } catch (e) {
+            queueMicrotask(() => {
+              throw e;
+            });
+          }
         }
       },
     };
@@ -163,27 +192,36 @@ export class Vm extends EventEmitter<VmEvents> {
     onVmCollect(this, raw, fd, resources, system);
   }
 
+  /** The VM fd (or simulated handle). A KvmError (EBADF) once the VM is closed. */
   get fd(): Handle {
     this.#ctx.checkOpen('ioctl');
     return this.#ctx.fd;
   }
+  /** Whether close() was called. */
   get closed(): boolean {
     return this.#closed;
   }
 
-  /** KVM_CHECK_EXTENSION on the VM fd: the kernel's raw answer for this VM. */
+  /** KVM_CHECK_EXTENSION on the VM fd: the kernel's raw answer for this VM. `cap` must be an
+   * integer in the int32 range (TypeError, RangeError); EBADF once closed. */
   checkExtension(cap: number): number {
     this.#ctx.checkOpen('ioctl');
     return this.#ctx.raw.checkExtension(this.#ctx.fd, toInt(cap, 'cap', -(2 ** 31), 2 ** 31 - 1));
   }
 
-  /** Capabilities as they apply to this VM (its type). */
+  /** Capabilities as they apply to this VM (its type): VM-dependent ones read on the VM fd,
+   * system-wide ones on /dev/kvm. EBADF once closed. */
   capabilities(): Capabilities {
     this.#ctx.checkOpen('ioctl');
     return readCapabilities(this.#ctx.raw, this.#ctx.system.fd, this.#ctx.fd, this.type);
   }
 
-  /** KVM_CREATE_GUEST_MEMFD. */
+  /**
+   * KVM_CREATE_GUEST_MEMFD: a guest_memfd of `size` bytes, its flags from `mmap`, `initShared`
+   * and `flags`. The kernel refuses (EINVAL, explained by the rule broken) flags this VM does
+   * not support, and a size that is 0 or not a multiple of the page size. Options of the wrong
+   * type are a TypeError, a value that does not fit in a u64 a RangeError; EBADF once closed.
+   */
   createGuestMemfd(options: GuestMemfdOptions): GuestMemfd {
     const ctx = this.#ctx;
     ctx.checkOpen('ioctl');
@@ -208,7 +246,8 @@ export class Vm extends EventEmitter<VmEvents> {
    * Shared memory that is not gmem: the host half of a private VM's memory (a slot's
    * `userspace`, shared pages read and written through vm.memory), as QEMU gives each RAM block
    * ordinary memory beside its guest_memfd. Anonymous shared memory, or a memfd. Unmapped with
-   * the VM, or by its close() once no memslot uses it.
+   * the VM, or by its close() once no memslot uses it. A size that is 0 or not a multiple of
+   * the page size is a RangeError.
    */
   createSharedMemory(options: SharedMemoryOptions): Mapping {
     const ctx = this.#ctx;
@@ -241,7 +280,12 @@ export class Vm extends EventEmitter<VmEvents> {
     return m;
   }
 
-  /** KVM_SET_MEMORY_ATTRIBUTES over [gpa, gpa + size); the books change only on success. */
+  /**
+   * KVM_SET_MEMORY_ATTRIBUTES over [gpa, gpa + size) (bytes); the books change only on
+   * success, and a 'convert' event follows when a range changed. The kernel refuses (EINVAL)
+   * attributes this VM does not support and a range that is empty, wraps or is not
+   * page-aligned; a host without the ioctl answers ENOTTY. EBADF once closed.
+   */
   setMemoryAttributes(gpa: U64, size: U64, attributes: U64): void {
     this.#ctx.checkOpen('ioctl');
     this.#setAttributes(toU64(gpa, 'gpa'), toU64(size, 'size'), toU64(attributes, 'attributes'));
@@ -265,7 +309,8 @@ export class Vm extends EventEmitter<VmEvents> {
   /**
    * KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL): the guest's KVM_HC_MAP_GPA_RANGE hypercalls (its
    * requests to convert memory) exit to the VMM as { reason: 'hypercall', nr: 'map-gpa-range' },
-   * for vm.convert() to apply.
+   * for vm.convert() to apply. An empty array clears the mask (no hypercall exits); anything
+   * but an array of 'map-gpa-range' is a TypeError.
    */
   enableHypercallExits(hypercalls: readonly 'map-gpa-range'[] = ['map-gpa-range']): void {
     const ctx = this.#ctx;
@@ -281,6 +326,10 @@ export class Vm extends EventEmitter<VmEvents> {
    * freed unless `discard: false` ('invalidate' for guest_memfd pages), and, for a hypercall
    * exit, its return value written for the guest (0, or -errno when refused: the guest gets
    * the refusal, convert() does not throw). Run the vCPU again after.
+   *
+   * A MAP_GPA_RANGE request covers `pages` * 4096 bytes. A hypercall without `vcpu`, or a
+   * request of another kind, is a TypeError. A refusal of a memory-fault exit or of a range
+   * throws the KvmError.
    */
   convert(request: ConversionRequest, options?: ConvertOptions): Conversion {
     const ctx = this.#ctx;
@@ -352,15 +401,23 @@ export class Vm extends EventEmitter<VmEvents> {
     return freed;
   }
 
+  /** setMemoryAttributes(gpa, size, KVM_MEMORY_ATTRIBUTE_PRIVATE): the range becomes private.
+   * Frees nothing (convert() does). */
   setPrivate(gpa: U64, size: U64): void {
     this.setMemoryAttributes(gpa, size, MemoryAttribute.PRIVATE);
   }
 
+  /** setMemoryAttributes(gpa, size, 0n): the range becomes shared (every attribute cleared).
+   * Frees nothing (convert() does). */
   setShared(gpa: U64, size: U64): void {
     this.setMemoryAttributes(gpa, size, 0n);
   }
 
-  /** KVM_CREATE_VCPU. */
+  /**
+   * KVM_CREATE_VCPU with vCPU id `id`, an integer in [0, 2^32 - 1] (else a TypeError or
+   * RangeError). The kernel refuses an id in use (EEXIST) or above its limit (EINVAL). EBADF
+   * once closed.
+   */
   createVcpu(id: number): Vcpu {
     const ctx = this.#ctx;
     ctx.checkOpen('ioctl');
@@ -408,10 +465,16 @@ export class Vm extends EventEmitter<VmEvents> {
 
   #write(gpa: U64, bytes: Uint8Array): void {
     if (!(bytes instanceof Uint8Array)) throw new TypeError(`bytes must be a Uint8Array, got ${typeName(bytes)}`);
-    const pieces = this.#pieces(gpa, bytes.length, 'write');
+    // Read through the intrinsics, not through `bytes`: a subclass's length or subarray (or
+    // its species constructor) would otherwise run caller code after a piece was written.
+    const length = taLength.call(bytes);
+    const pieces = this.#pieces(gpa, length, 'write');
+    if (pieces.length === 0) return;
+    const buffer = taBuffer.call(bytes);
+    const offset = taByteOffset.call(bytes);
     for (const p of pieces) {
       const v = p.view();
-      v.set(bytes.subarray(p.done, p.done + v.length));
+      v.set(new Uint8Array(buffer, offset + p.done, v.length));
     }
   }
 
@@ -419,21 +482,32 @@ export class Vm extends EventEmitter<VmEvents> {
    * Closes the VM and everything it owns (idempotent, never refused): vCPUs, the memslot books,
    * the gmems and their mappings, the shared memory, then the VM fd. The kernel then destroys
    * the VM and its memslots. Memory that memslots of another VM still use stays mapped until
-   * they are deleted.
+   * they are deleted. Every step runs even when one fails (an fd closed behind the library's
+   * back: EBADF); the first such error is thrown after the VM is closed.
    */
   close(): void {
     if (this.#closed) return;
     const ctx = this.#ctx;
-    for (const v of [...this.#vcpus]) v.close();
+    let failed: { error: unknown } | undefined;
+    const step = (release: () => void) => {
+      try {
+        release();
+      } catch (error) {
+        failed ??= { error };
+      }
+    };
+    for (const v of [...this.#vcpus]) step(() => v.close());
     ctx.books.clear();
-    for (const g of [...this.#gmems]) releaseGuestMemfd(g);
-    for (const m of [...this.#shared]) releaseMapping(m);
+    for (const g of [...this.#gmems]) step(() => releaseGuestMemfd(g));
+    for (const m of [...this.#shared]) step(() => releaseMapping(m));
     this.#closed = true;
     unregister(this);
-    ctx.raw.close(ctx.fd);
-    ctx.system.release();
+    step(() => ctx.raw.close(ctx.fd));
+    step(() => ctx.system.release());
+    if (failed) throw failed.error;
   }
 
+  /** close(), for `using vm = kvm.createVm()`. */
   [Symbol.dispose](): void {
     this.close();
   }

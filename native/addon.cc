@@ -112,6 +112,21 @@ napi_value Open(napi_env env, napi_callback_info info) {
   return a.addon()->NewFd(env, fd, kvm ? Kind::System : Kind::File);
 }
 
+// Whether `fd` is still the file the addon opened at that number: an fd closed behind the
+// addon's back (fs.closeSync on its number) may since name another file, which the call
+// would then change (or describe). One fstat, asked before the calls that reach a file as a
+// file (fallocate, ftruncate, mmap, fstat, close), not per ioctl: KVM's ioctl numbers (type 0xAE) mean nothing to
+// other drivers (ENOTTY). A number that is not ours any more is forgotten: EBADF from then on.
+bool StillOurs(Args& a, int fd, const char* syscall) {
+  Registry& r = *a.addon()->registry;
+  auto it = r.info.find(fd);
+  struct stat st;
+  if (it != r.info.end() && ::fstat(fd, &st) == 0 && st.st_dev == it->second.dev && st.st_ino == it->second.ino) return true;
+  r.Remove(fd);
+  a.addon()->ThrowErrno(a.env, EBADF, syscall, nullptr, "this fd was closed behind kvm-gmem's back (its number names another file now, or none): forgotten");
+  return false;
+}
+
 // close(fd): closes an fd this environment opened through the addon. Any other fd is EBADF
 // without a syscall: closing the process's own fds (stdio, Node's pipes, another worker's
 // VM) from JavaScript would break the process, and a worker's exit hook must never close a
@@ -120,10 +135,12 @@ napi_value Close(napi_env env, napi_callback_info info) {
   Args a(env, info, 1);
   int fd = a.Int32(0, "fd");
   if (!a.ok) return nullptr;
-  if (!a.addon()->registry->Remove(fd)) {
+  if (!a.addon()->registry->Owns(fd)) {
     a.addon()->ThrowErrno(env, EBADF, "close", nullptr, "not an fd that kvm-gmem opened in this thread");
     return nullptr;
   }
+  if (!StillOurs(a, fd, "close")) return nullptr;
+  a.addon()->registry->Remove(fd);
   return sys::Close(fd) < 0 ? Fail(a, "close", nullptr) : Undefined(env);
 }
 
@@ -250,7 +267,7 @@ napi_value Fallocate(napi_env env, napi_callback_info info) {
   int32_t mode = a.Int32(1, "mode");
   uint64_t offset = a.Uint64(2, "offset");
   uint64_t length = a.Uint64(3, "length");
-  if (!a.Done()) return nullptr;
+  if (!a.Done() || !StillOurs(a, fd, "fallocate")) return nullptr;
   return sys::Fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0 ? Fail(a, "fallocate", nullptr) : Undefined(env);
 }
 
@@ -301,7 +318,7 @@ napi_value Ftruncate(napi_env env, napi_callback_info info) {
   Args a(env, info, 2);
   int fd = a.Fd(0, "fd");
   uint64_t length = a.Uint64(1, "length");
-  if (!a.Done()) return nullptr;
+  if (!a.Done() || !StillOurs(a, fd, "ftruncate")) return nullptr;
   for (const auto& [addr, m] : a.addon()->registry->mappings) {
     if (m.fd == fd && m.accessible > 0 && m.offset + m.accessible > length) {
       errno = EBUSY;
@@ -316,7 +333,7 @@ napi_value Ftruncate(napi_env env, napi_callback_info info) {
 napi_value Fstat(napi_env env, napi_callback_info info) {
   Args a(env, info);
   int fd = a.Fd(0, "fd");
-  if (!a.Done()) return nullptr;
+  if (!a.Done() || !StillOurs(a, fd, "fstat")) return nullptr;
   struct stat st;
   if (::fstat(fd, &st) < 0) return Fail(a, "fstat", nullptr);
   Napi::Object out = Napi::Object::New(env);
@@ -342,7 +359,7 @@ napi_value Mmap(napi_env env, napi_callback_info info) {
   uint64_t offset = a.Uint64(2, "offset");
   int32_t prot = a.Int32(3, "prot");
   if (a.ok && (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))) a.Fail(false, "mmap: MAP_FIXED and MAP_FIXED_NOREPLACE are not supported");
-  if (!a.Done()) return nullptr;
+  if (!a.Done() || (!anonymous && !StillOurs(a, fd, "mmap"))) return nullptr;
   Addon* addon = a.addon();
   Kind kind = anonymous ? Kind::None : addon->registry->KindOf(fd);
   void* p = sys::Mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
@@ -404,7 +421,9 @@ napi_value MappingBuffer(napi_env env, napi_callback_info info) {
   if (whole) {
     m->buffer = ref;
   } else {
-    if (m->windows.size() >= 64) {  // forget windows that were collected
+    // Forget windows that were collected. The next sweep waits until the list has doubled
+    // past what survived this one: amortized O(1) a call however many windows stay alive.
+    if (m->windows.size() >= m->compactAt) {
       std::vector<napi_ref> live;
       for (napi_ref w : m->windows) {
         napi_value v = nullptr;
@@ -412,6 +431,7 @@ napi_value MappingBuffer(napi_env env, napi_callback_info info) {
         else napi_delete_reference(env, w);
       }
       m->windows.swap(live);
+      m->compactAt = std::max<size_t>(64, 2 * m->windows.size());
     }
     m->windows.push_back(ref);
   }

@@ -35,6 +35,7 @@ struct Mapping {
   size_t accessible;  // bytes from the start that can be touched without a fault: buffers cover no more
   napi_ref buffer = nullptr;  // the whole-mapping buffer (mappings up to 4 GiB)
   std::vector<napi_ref> windows;  // buffers over parts of it (any size), detached by munmap
+  size_t compactAt = 64;          // windows.size() at which collected windows are dropped
   int busy = 0;  // KVM_RUN threads using this (a vCPU's kvm_run area): munmap is refused
 };
 

@@ -1,7 +1,11 @@
 /**
  * Fuzzing: >= 100,000 calls of the raw and typed APIs with random and hostile arguments, in a
  * child process that must exit normally. A crash fails the test and names the call that made
- * it. KVM_GMEM_FUZZ_CALLS=<n> (and KVM_GMEM_FUZZ_SEED) run a longer or different fuzz.
+ * it. The arguments include getters with side effects (unmapping, closing, deleting slots,
+ * closing raw fds and reusing their numbers), forged objects of the library's prototypes and
+ * proxies of real ones; the victims' listeners throw or call back into their VM; one call in a
+ * hundred transfers a mapping's buffer away. KVM_GMEM_FUZZ_CALLS=<n> (and KVM_GMEM_FUZZ_SEED)
+ * run a longer or different fuzz.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -32,6 +36,8 @@ function fuzz(backend: string) {
   expect(counts.calls).toBe(CALLS);
   // Every failure is one of the library's clear errors.
   expect(counts.others, 'errors that are not KvmError/TypeError/RangeError').toEqual([]);
+  // The hostile shapes ran: getters with side effects inside calls, and listeners called back.
+  if (CALLS >= 10_000) expect([counts.effectsRun > 0, counts.listenerCalls > 0], 'effects run, listener calls').toEqual([true, true]);
   return counts;
 }
 

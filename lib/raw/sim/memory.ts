@@ -177,7 +177,11 @@ class BufferMapping implements SimMapping {
     checkView(this, offset, length);
     if (length === 0) return new Uint8Array(0);
     const w = this.window!;
-    return untransferable(new Uint8Array(w.buffer, this.offset - w.start + offset, length));
+    if (restore(w)) {
+      throw kvmError('EFAULT', { syscall: 'mmap' }, "this mapping's memory was transferred away (structuredClone or postMessage with transfer: its bytes went with it); the range reads as zeros from now on");
+    }
+    // (Not marked untransferable: this store detaches views by transferring the buffer itself.)
+    return new Uint8Array(w.buffer, this.offset - w.start + offset, length);
   }
 }
 
@@ -186,6 +190,16 @@ const CHUNK = 1 << 30; // typed arrays are limited to 4 GiB: big windows are han
 /** Calls fn(start, length) for [start, end) in pieces of at most 1 GiB. */
 function chunks(start: number, end: number, fn: (at: number, n: number) => void): void {
   for (let at = start; at < end; at += CHUNK) fn(at, Math.min(CHUNK, end - at));
+}
+
+/**
+ * A window whose buffer a caller transferred away gets a zeroed one (the bytes went with the
+ * transfer). Whether it had to.
+ */
+function restore(w: Window): boolean {
+  if (w.buffer.byteLength === w.end - w.start) return false;
+  w.buffer = new ArrayBuffer(w.end - w.start);
+  return true;
 }
 
 /** Detaches `b` (every view over it) and returns its contents in a new buffer, zero-copy. */
@@ -248,6 +262,7 @@ export class BufferStore implements FileStore {
       throw kvmError('ENOMEM', { syscall: 'mmap' }, `the simulator cannot hold ${stop - start} bytes in one buffer (without the native addon, a mapping is an ArrayBuffer)`);
     }
     const at = address(); // (taken only once the mapping can be made: a refused one uses none)
+    for (const w of old) restore(w);
     for (const w of old) chunks(0, w.end - w.start, (p, n) => new Uint8Array(buffer, w.start - start + p, n).set(new Uint8Array(w.buffer, p, n)));
     const win: Window = { start, end: stop, buffer, maps: new Set() };
     for (const w of old) {
@@ -273,6 +288,7 @@ export class BufferStore implements FileStore {
     w.maps.delete(bm);
     // Detach this mapping's views (zero-copy); the window keeps the contents, for the other
     // mappings (which take their views again) or as the stored bytes of its range.
+    restore(w);
     w.buffer = move(w.buffer);
   }
 
@@ -284,6 +300,7 @@ export class BufferStore implements FileStore {
         this.#windows = this.#windows.filter((x) => x !== w); // stored bytes punched whole: dropped
         continue;
       }
+      restore(w);
       chunks(Math.max(offset, w.start) - w.start, Math.min(end, w.end) - w.start, (at, n) => new Uint8Array(w.buffer, at, n).fill(0));
     }
   }
