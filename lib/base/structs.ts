@@ -18,28 +18,44 @@ export const REGS_SIZE = 144;
 
 /** struct kvm_segment. */
 export interface Segment {
+  /** Base address (u64). */
   base: bigint;
+  /** Segment limit (u32). */
   limit: number;
+  /** Selector (u16). */
   selector: number;
+  /** Descriptor type (4 bits; e.g. 11 for an accessed read/execute code segment, or a busy TSS). */
   type: number;
+  /** Present bit (0 or 1). */
   present: number;
+  /** Descriptor privilege level (0 to 3). */
   dpl: number;
+  /** Default operation size bit (D/B): 1 for 32-bit code and stack. */
   db: number;
+  /** Descriptor type bit: 1 for code or data, 0 for a system segment. */
   s: number;
+  /** 64-bit code segment bit (L). */
   l: number;
+  /** Granularity bit: 1 scales the limit by 4 KiB. */
   g: number;
+  /** Bit available to software (AVL). */
   avl: number;
+  /** KVM's flag for a segment that is unusable (not loaded). */
   unusable: number;
 }
 /** struct kvm_dtable. */
 export interface DescriptorTable {
+  /** Base address (u64). */
   base: bigint;
+  /** Limit (u16). */
   limit: number;
 }
 export const SEGMENTS = ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt'] as const;
 export const CONTROL = ['cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer', 'apicBase'] as const;
 /** struct kvm_sregs (the interrupt bitmap is kept as read). */
 export type Sregs = Record<(typeof SEGMENTS)[number], Segment> & Record<'gdt' | 'idt', DescriptorTable> & Record<(typeof CONTROL)[number], bigint>;
+/** Fields of struct kvm_sregs to change: any subset, with any subset of a segment's or table's
+ * fields; u64 values as a bigint or a safe-integer number. */
 export type SregsUpdate = { [K in (typeof SEGMENTS)[number]]?: Partial<Segment> } & { [K in 'gdt' | 'idt']?: Partial<DescriptorTable> } & { [K in (typeof CONTROL)[number]]?: U64 };
 export const SREGS_SIZE = 312;
 
@@ -124,16 +140,19 @@ const seg = (selector: number, base: bigint, type: number, s: number): Segment =
  * A vCPU's special registers after KVM_CREATE_VCPU, as KVM_GET_SREGS reads them on the lab's
  * kernels (kvm_amd: init_vmcb, kvm_vcpu_reset): real mode at the reset vector, cs 0xf000 with
  * base 0xffff0000, data segments 0, the LDT and a busy TSS, CR0 with CD, NW and ET, the BSP's
- * APIC enabled at 0xfee00000. (test/guest/sregs.test.ts checks it against the kernel.)
+ * APIC enabled at 0xfee00000. (test/conformance/vcpu.test.ts checks it against the kernel.)
  */
 export const RESET_SREGS: Sregs = {
-  cs: seg(0xf000, 0xffff0000n, 11, 1),
+  // Types as kvm_amd reports them (measured on Debian's 7.2 in the lab): code execute/read
+  // (10), data read/write accessed (3), ss read/write (2), a busy 16-bit TSS (3), an LDT (2).
+  // kvm_intel reports cs 11 (accessed), ss 3 and a busy 32-bit TSS (11).
+  cs: seg(0xf000, 0xffff0000n, 10, 1),
   ds: seg(0, 0n, 3, 1),
   es: seg(0, 0n, 3, 1),
   fs: seg(0, 0n, 3, 1),
   gs: seg(0, 0n, 3, 1),
-  ss: seg(0, 0n, 3, 1),
-  tr: seg(0, 0n, 11, 0),
+  ss: seg(0, 0n, 2, 1),
+  tr: seg(0, 0n, 3, 0),
   ldt: seg(0, 0n, 2, 0),
   gdt: { base: 0n, limit: 0xffff },
   idt: { base: 0n, limit: 0xffff },
@@ -146,9 +165,12 @@ export const RESET_SREGS: Sregs = {
   apicBase: 0xfee00900n,
 };
 
-/** kvm_regs after KVM_CREATE_VCPU: rip 0xfff0 (with cs.base, the reset vector), rflags bit 1, rdx the CPU signature. */
+/**
+ * kvm_regs after KVM_CREATE_VCPU: rip 0xfff0 (with cs.base, the reset vector), rflags bit 1,
+ * rdx the CPU signature, which is KVM's 0x600 until KVM_SET_CPUID gives one (kvm_vcpu_reset).
+ */
 export function resetRegs(): Uint8Array {
   const b = new Uint8Array(REGS_SIZE);
-  updateRegs(b, { rip: 0xfff0n, rflags: 2n });
+  updateRegs(b, { rip: 0xfff0n, rflags: 2n, rdx: 0x600n });
   return b;
 }

@@ -30,6 +30,10 @@ export const SIM_HANDLE_BASE = 1_000_000_000;
 /** vm.mmap_min_addr: the lowest address mmap hands out. */
 const MMAP_MIN_ADDR = 0x10000n;
 const PAGE = 4096n;
+/** MSR_IA32_APICBASE_BSP */
+const APIC_BASE_BSP = 0x100n;
+/** DEFAULT_MAP_WINDOW on x86-64: the top of what mmap hands out without a hint. */
+const DEFAULT_MAP_WINDOW = (1n << 47n) - PAGE;
 
 interface SimSlot extends SlotView {
   /** The bound gmem file; cleared when the file is released (the slot stays). */
@@ -79,12 +83,15 @@ class SimFile {
 
 class SimVcpu {
   regs = resetRegs();
-  sregs = encodeSregs(RESET_SREGS);
+  sregs: Uint8Array;
   /** The kvm_run area's contents, shared by the vCPU's mappings. */
   run: FileStore | undefined;
   /** References: the fd and each mapping of the run area (a VMA holds the file). */
   refs = 1;
-  constructor(readonly vm: SimVm, readonly id: number) {}
+  constructor(readonly vm: SimVm, readonly id: number) {
+    // The APIC's BSP bit is set for vCPU 0 only (KVM's default bsp_vcpu_id).
+    this.sregs = encodeSregs(id === 0 ? RESET_SREGS : { ...RESET_SREGS, apicBase: RESET_SREGS.apicBase & ~APIC_BASE_BSP });
+  }
 }
 
 type SimObject =
@@ -364,7 +371,10 @@ export class SimBackend implements RawBackend {
       : o.kind === 'memfd' ? { kind: 'shmem' }
       : o.kind === 'vcpu' ? { kind: 'vcpu' }
       : { kind: 'no-mmap', noexec: o.kind === 'vm' };
-    const v = checkMmapCall(len, off, p, fl, target, PAGE, this.profile.userAddressMax - MMAP_MIN_ADDR);
+    // An mmap without an address hint is placed below DEFAULT_MAP_WINDOW (47 bits) even where
+    // 5-level paging lets memslots name addresses up to 56 bits.
+    const window = this.profile.userAddressMax < DEFAULT_MAP_WINDOW ? this.profile.userAddressMax : DEFAULT_MAP_WINDOW;
+    const v = checkMmapCall(len, off, p, fl, target, PAGE, window - MMAP_MIN_ADDR);
     if (v) throw violationError(v, where);
     if ((fl & 0x03) === MapFlag.PRIVATE && (o === undefined || o.kind === 'memfd')) {
       throw kvmError('EOPNOTSUPP', where, 'the simulator maps memory MAP_SHARED only (MAP_PRIVATE copy-on-write is not modelled)');
@@ -373,7 +383,14 @@ export class SimBackend implements RawBackend {
     let vma: SimVma;
     if (o === undefined) {
       const store = this.#newStore(Number(len), 'kvm-gmem sim anonymous');
-      vma = { mapping: this.#mapStore(store, 0, len, true, rw), store, file: undefined, anonymous: true };
+      let mapping: SimMapping;
+      try {
+        mapping = this.#mapStore(store, 0, len, true, rw);
+      } catch (e) {
+        store.release(); // (its memfd, on the memfd store)
+        throw e;
+      }
+      vma = { mapping, store, file: undefined, anonymous: true };
     } else if (o.kind === 'vcpu') {
       // The kvm_run area (and the pages after it): its bytes, shared by the vCPU's mappings.
       const store = (o.vcpu.run ??= this.#newStore(this.profile.vcpuMmapSize, 'kvm-gmem sim kvm_run'));

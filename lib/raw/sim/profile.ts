@@ -59,8 +59,9 @@ export function capOf(p: SimProfile, scope: number | 'system', cap: number): num
 
 /**
  * The default simulated host: Linux 6.18 or later on x86-64 with KVM_X86_SW_PROTECTED_VM,
- * answering as the lab's sw-protected 7.2 kernel does (profiles/linux-7.2-sw-protected.json),
- * except that it has no SMM address space and the 52-bit guest-physical width of a large host.
+ * answering as the lab's sw-protected 7.2 kernel does (profiles/sw-protected-7.2.json: a
+ * second binding of a file range is EEXIST, as since 7.x), except that it has no SMM address
+ * space and the 52-bit guest-physical width of a large host.
  */
 const common = {
   [Cap.USER_MEMORY]: 1, [Cap.NR_MEMSLOTS]: 32764, [Cap.READONLY_MEM]: 1, [Cap.USER_MEMORY2]: 1,
@@ -80,6 +81,7 @@ export const defaultProfile: SimProfile = {
   guestPhysAddrBits: 52,
   userAddressMax: USER_ADDRESS_MAX,
   vcpuMmapSize: 12288,
+  gmemBoundErrno: 'EEXIST',
 };
 
 // ---- measuring a host -------------------------------------------------------------------
