@@ -6,15 +6,21 @@ import { checkToken } from './context.js';
 
 /** A range of equal memory attributes, in guest-physical bytes (end exclusive). */
 export interface AttributeRange {
+  /** First guest-physical address, in bytes (page-aligned). */
   start: bigint;
+  /** Guest-physical address just past the range, in bytes (page-aligned). */
   end: bigint;
+  /** The range's KVM_MEMORY_ATTRIBUTE_* bits (PRIVATE = 8n). */
   attributes: bigint;
 }
 
 /** A range whose attributes changed, with its old value. */
 export interface ChangedRange {
+  /** First guest-physical address, in bytes (page-aligned). */
   start: bigint;
+  /** Guest-physical address just past the range, in bytes (page-aligned). */
   end: bigint;
+  /** The attributes the range had before the change. */
   from: bigint;
 }
 
@@ -44,11 +50,13 @@ export class AttributeBook {
     };
   }
 
-  /** Attributes of the page containing `gpa`. */
+  /** Attributes of the page containing `gpa` (0n where none were set). A `gpa` that is not a
+   * u64 is a TypeError or RangeError. */
   get(gpa: U64): bigint {
     return this.#map.get(Number(toU64(gpa, 'gpa') / this.#page));
   }
 
+  /** Whether the page containing `gpa` is private (KVM_MEMORY_ATTRIBUTE_PRIVATE set). */
   isPrivate(gpa: U64): boolean {
     return (this.get(gpa) & MemoryAttribute.PRIVATE) !== 0n;
   }

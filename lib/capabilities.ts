@@ -5,9 +5,19 @@ import type { Handle, RawBackend } from './raw/types.js';
 export interface Capabilities {
   /** Scope the VM-dependent answers were read on: a VM type, or 'system' (/dev/kvm). */
   scope: VmTypeName | number | 'system';
+  /** KVM_CAP_USER_MEMORY: KVM_SET_USER_MEMORY_REGION. */
   userMemory: boolean;
+  /** KVM_CAP_USER_MEMORY2: KVM_SET_USER_MEMORY_REGION2. */
   userMemory2: boolean;
+  /** KVM_CAP_GUEST_MEMFD: KVM_CREATE_GUEST_MEMFD. */
   guestMemfd: boolean;
+  /**
+   * KVM_CAP_GUEST_MEMFD_FLAGS: the guest_memfd creation flags supported.
+   *
+   * @property __type.mmap GUEST_MEMFD_FLAG_MMAP.
+   * @property __type.initShared GUEST_MEMFD_FLAG_INIT_SHARED.
+   * @property __type.raw The flag bits as the kernel answered.
+   */
   guestMemfdFlags: { mmap: boolean; initShared: boolean; raw: bigint };
   /** Supported memory attribute bits (KVM_MEMORY_ATTRIBUTE_PRIVATE = 8n), 0n when none. */
   memoryAttributes: bigint;
@@ -19,9 +29,13 @@ export interface Capabilities {
   privateMemory: boolean;
   /** VM types the host can create. */
   vmTypes: (VmTypeName | number)[];
+  /** KVM_CAP_VM_TYPES on /dev/kvm: a bit per VM type (0 on kernels without the capability). */
   vmTypesMask: number;
+  /** KVM_CAP_PRE_FAULT_MEMORY: KVM_PRE_FAULT_MEMORY. */
   preFaultMemory: boolean;
+  /** KVM_CAP_MEMORY_FAULT_INFO: KVM_RUN reports memory faults as KVM_EXIT_MEMORY_FAULT. */
   memoryFaultInfo: boolean;
+  /** KVM_CAP_READONLY_MEM: read-only memslots (KVM_MEM_READONLY). */
   readonlyMem: boolean;
   /** Address spaces for memslots (1 without SMM). */
   addressSpaces: number;

@@ -12,10 +12,18 @@ import { traced } from './raw/trace.js';
 import type { Handle, RawBackend } from './raw/types.js';
 import { Vm } from './vm.js';
 
+/**
+ * Which backend openKvm() uses: 'kvm', the kernel through the native addon; 'simulated', the
+ * simulator; 'auto', the kernel when the addon loads and the device opens, else the simulator.
+ */
 export type BackendName = 'auto' | 'kvm' | 'simulated';
 
+/** Options of openKvm(). */
 export interface OpenKvmOptions {
-  /** 'auto' (default, or KVM_GMEM_BACKEND): the kernel when the device opens. */
+  /**
+   * 'auto' (default, or KVM_GMEM_BACKEND): the kernel when the addon loads and the device
+   * opens, else the simulator. Ignored when `raw` is given.
+   */
   backend?: BackendName;
   /** Device path, default /dev/kvm. */
   path?: string;
@@ -30,13 +38,15 @@ export interface OpenKvmOptions {
   /**
    * The simulated host, so that the simulator answers as that kernel would: a SimProfile (a
    * real host's kvm.profile()), its JSON (`kvm-gmem caps --json` output), the path of such a
-   * JSON file, or the name of a profile the package ships (profiles/*.json:
-   * 'debian-7.2', 'sw-protected-7.2', 'pvm-6.18', ...). Default: $KVM_GMEM_PROFILE, else a
-   * 6.18+ host with KVM_X86_SW_PROTECTED_VM.
+   * JSON file, or the name of a profile the package ships (profiles/*.json, e.g. 'pvm-6.18';
+   * shippedProfiles() lists them). Default: $KVM_GMEM_PROFILE, else a 6.18+ host with
+   * KVM_X86_SW_PROTECTED_VM. Used only when the simulator answers. An unknown name or a
+   * missing file is a RangeError.
    */
   profile?: ProfileSource;
 }
 
+/** Options of Kvm.createVm(). */
 export interface VmOptions {
   /** 'default', 'sw-protected', ... or a raw KVM_CREATE_VM type number. */
   type?: VmTypeName | number;
@@ -50,6 +60,7 @@ export class Kvm {
   readonly backend: 'kvm' | 'simulated';
   /** Why 'auto' did not pick the kernel (e.g. 'ENOENT: /dev/kvm'); undefined otherwise. */
   readonly fallbackReason: string | undefined;
+  /** The device path opened (openKvm's `path`, default /dev/kvm). */
   readonly path: string;
   /** KVM_GET_API_VERSION (12). */
   readonly apiVersion: number;
@@ -78,27 +89,33 @@ export class Kvm {
     onKvmCollect(this, system);
   }
 
-  /** The /dev/kvm fd (or simulated handle). */
+  /** The /dev/kvm fd (or simulated handle). A KvmError (EBADF) once this Kvm is closed. */
   get fd(): Handle {
     if (this.#closed) throw kvmError('EBADF', { syscall: 'ioctl' }, `${this.path} is closed`);
     return this.#system.fd;
   }
+  /** Whether close() was called (VMs made by this Kvm stay usable). */
   get closed(): boolean {
     return this.#closed;
   }
-  /** The host's page size. */
+  /** The host's page size in bytes. */
   get pageSize(): number {
     return this.raw.pageSize;
   }
 
-  /** KVM_CHECK_EXTENSION on /dev/kvm: the kernel's raw answer. */
+  /**
+   * KVM_CHECK_EXTENSION on /dev/kvm: the kernel's raw answer (0 for a capability it does not
+   * know). `cap` must be an integer in the int32 range (TypeError, RangeError); EBADF once
+   * closed.
+   */
   checkExtension(cap: number): number {
     return this.raw.checkExtension(this.fd, toInt(cap, 'cap', -(2 ** 31), 2 ** 31 - 1));
   }
 
   /**
    * Typed capabilities, read on a VM of `vmType` (default 'default') because the answers
-   * depend on the VM type; on /dev/kvm when such a VM cannot be created.
+   * depend on the VM type; on /dev/kvm when such a VM cannot be created (then `scope` is
+   * 'system'). The VM is created and closed again here. An unknown type name is a RangeError.
    */
   capabilities(options?: { vmType?: VmTypeName | number }): Capabilities {
     const fd = this.fd;
@@ -129,7 +146,10 @@ export class Kvm {
     return measureProfile(this.raw, fd, `linux ${release()}`, release());
   }
 
-  /** KVM_CREATE_VM. The VM stays usable after this Kvm is closed. */
+  /**
+   * KVM_CREATE_VM. The VM stays usable after this Kvm is closed. An unknown type name is a
+   * RangeError; a type the host does not support is the kernel's KvmError (EINVAL).
+   */
   createVm(options?: VmOptions): Vm {
     const opts = toOptions(options, 'VM options');
     const vmType = opts.type;
@@ -153,11 +173,17 @@ export class Kvm {
     this.#system.release();
   }
 
+  /** close(), for `using kvm = openKvm()`. */
   [Symbol.dispose](): void {
     this.close();
   }
 }
 
+/**
+ * The KVM_CREATE_VM type number of a VM type: a name ('default', 'sw-protected', 'sev',
+ * 'sev-es', 'snp', 'tdx') or a number in [0, 2^32 - 1], returned as given. An unknown name,
+ * or a number out of range or not an integer, is a RangeError; any other value a TypeError.
+ */
 export function resolveVmType(type: unknown): number {
   if (typeof type === 'string') {
     if (!isVmTypeName(type)) throw new RangeError(`unknown VM type '${type}' (known: ${Object.keys(VmType).join(', ')})`);
@@ -180,7 +206,12 @@ function deviceError(e: KvmError, path: string): KvmError {
 
 /**
  * Opens KVM. backend 'kvm' uses the kernel through the native addon; 'auto' (the default,
- * or KVM_GMEM_BACKEND) uses the kernel when the device opens.
+ * or KVM_GMEM_BACKEND) uses the kernel when the addon loads and the device opens, else the
+ * simulator (Kvm.fallbackReason says why); 'simulated' uses the simulator.
+ *
+ * Options of the wrong type are a TypeError, an unknown backend a RangeError. With 'kvm', an
+ * addon that cannot load is a KvmError (ELIBACC), and a device that cannot be opened the
+ * kernel's KvmError (EACCES, ENOENT, ...) with what to do in its message.
  */
 export function openKvm(opts?: OpenKvmOptions): Kvm {
   const options = toOptions(opts, 'openKvm options');
@@ -203,7 +234,7 @@ export function openKvm(opts?: OpenKvmOptions): Kvm {
     raw = nativeBackend();
   } catch (e) {
     if (requested === 'kvm') throw e;
-    return simulated(`no native addon: ${(e as Error).message.split('\n')[0]}`);
+    return simulated(`no native addon: ${(e as Error).message}`);
   }
   try {
     return new Kvm(CREATE, raw, raw.open(path), path, precheck);

@@ -11,28 +11,62 @@ export type { Regs, Sregs, SregsUpdate, Segment, DescriptorTable } from './base/
 
 /** A decoded KVM_RUN exit. */
 export type VcpuExit =
+  /** KVM_EXIT_HLT: the guest halted. */
   | { reason: 'hlt' }
+  /**
+   * KVM_EXIT_IO: port I/O. `direction`: 'out' (the guest wrote) or 'in'; `port`; `size`: bytes
+   * per access (1, 2 or 4); `count`: accesses (a rep string instruction makes several); `data`:
+   * a copy of the size * count bytes in kvm_run (for 'out', what the guest wrote).
+   */
   | { reason: 'io'; direction: 'in' | 'out'; port: number; size: number; count: number; data: Uint8Array }
+  /**
+   * KVM_EXIT_MMIO: an access KVM does not serve from a memslot (no slot there, or a write to a
+   * read-only one). `gpa` of the access; `isWrite`; `length` in bytes; `data`: a copy of the
+   * first min(length, 8) data bytes (for a write, what the guest wrote).
+   */
   | { reason: 'mmio'; gpa: bigint; isWrite: boolean; length: number; data: Uint8Array }
+  /**
+   * KVM_EXIT_MEMORY_FAULT (KVM_RUN failed with EFAULT): KVM cannot map [gpa, gpa + size)
+   * (bytes) for the access as it is, e.g. a private access to a shared page; `private` says
+   * whether the access was private. Vm.convert() applies it.
+   */
   | { reason: 'memory-fault'; gpa: bigint; size: bigint; private: boolean }
+  /** KVM_EXIT_HYPERCALL (see HypercallExit). */
   | HypercallExit
+  /** KVM_EXIT_SHUTDOWN: the guest shut down (e.g. a triple fault). */
   | { reason: 'shutdown' }
+  /** KVM_EXIT_INTERNAL_ERROR: `suberror` (KVM_INTERNAL_ERROR_*) and its `data` words (at most 16). */
   | { reason: 'internal-error'; suberror: number; data: bigint[] }
+  /** KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest; `hardwareEntryFailureReason`
+   * as KVM reports it, and the host `cpu`. */
   | { reason: 'fail-entry'; hardwareEntryFailureReason: bigint; cpu: number }
+  /** run()'s `timeoutMs` passed: the vCPU was kicked out. */
   | { reason: 'timeout' }
+  /** Kicked out by cancel(), close() or run()'s `signal`. */
   | { reason: 'canceled' }
+  /** KVM_RUN returned EINTR (or exited with KVM_EXIT_INTR) without a kick from the library. */
   | { reason: 'interrupted' }
+  /** An exit the library does not decode: `exitReason` is kvm_run.exit_reason (KVM_EXIT_*). */
   | { reason: 'other'; exitReason: number };
 
 /**
  * KVM_EXIT_HYPERCALL (enabled per hypercall with Vm.enableHypercallExits()). KVM_HC_MAP_GPA_RANGE
- * is decoded: the guest asks for [gpa, gpa + pages * pageSize) to become private or shared.
+ * is decoded: the guest asks for [gpa, gpa + pages * 4096) to become private or shared
+ * (`pages` counts 4 KiB pages whatever the page size it prefers: Documentation/virt/kvm/x86/hypercalls.rst).
  * Answer it before running again (Vm.convert() does, or Vcpu.completeHypercall()).
  */
 export type HypercallExit =
+  /**
+   * KVM_HC_MAP_GPA_RANGE (12), decoded: `gpa` (args[0]); `pages` (args[1], 4 KiB pages);
+   * `pageSize`, the page size the guest prefers for the range, named by args[2] bits 3:0
+   * (4096n, 2 MiB or 1 GiB; 4096n when unknown: a hint, not a unit of `pages`); `toPrivate`:
+   * KVM_MAP_GPA_RANGE_ENCRYPTED in args[2] (else shared); and the six `args` as given.
+   */
   | { reason: 'hypercall'; nr: 'map-gpa-range'; gpa: bigint; pages: bigint; pageSize: bigint; toPrivate: boolean; args: bigint[] }
+  /** Any other hypercall: its number `nr` and its six `args`. */
   | { reason: 'hypercall'; nr: number; args: bigint[] };
 
+/** Options of Vcpu.run(). */
 export interface RunOptions {
   /** Kick the vCPU out after this many milliseconds (exit 'timeout'). */
   timeoutMs?: number;
@@ -53,7 +87,9 @@ export let isVcpu: (x: unknown) => x is Vcpu;
 
 /** A virtual CPU (KVM_CREATE_VCPU): registers, and KVM_RUN off the event loop. */
 export class Vcpu {
+  /** The VM it belongs to. */
   readonly vm: Vm;
+  /** Its vCPU id (KVM_CREATE_VCPU's argument). */
   readonly id: number;
   #ctx: VmContext;
   #fd: Handle;
@@ -83,10 +119,12 @@ export class Vcpu {
     isVcpu = (x: unknown): x is Vcpu => typeof x === 'object' && x !== null && #fd in x;
   }
 
+  /** The vCPU fd (or simulated handle). A KvmError (EBADF) once closed. */
   get fd(): Handle {
     if (this.#closed) throw kvmError('EBADF', { syscall: 'ioctl' }, `vCPU ${this.id} is closed`);
     return this.#fd;
   }
+  /** Whether close() was called (the fd itself closes once a run in flight has returned). */
   get closed(): boolean {
     return this.#closed;
   }
@@ -95,12 +133,16 @@ export class Vcpu {
     return this.#running !== undefined;
   }
 
-  /** KVM_GET_REGS */
+  /** KVM_GET_REGS: the general-purpose registers, rip and rflags. EBADF once closed. */
   getRegs(): Regs {
     return decodeRegs(this.#ctx.raw.getRegs(this.fd));
   }
 
-  /** KVM_SET_REGS of the given registers (the others keep their values). */
+  /**
+   * KVM_SET_REGS of the given registers (the others keep their values: read first with
+   * KVM_GET_REGS). An unknown register name or a value of the wrong type is a TypeError, a
+   * value that does not fit in a u64 a RangeError; EBADF once closed.
+   */
   setRegs(regs: Partial<Record<keyof Regs, U64>>): void {
     if (typeof regs !== 'object' || regs === null) throw new TypeError(`regs must be an object, got ${typeName(regs)}`);
     const bytes = this.#ctx.raw.getRegs(this.fd);
@@ -108,12 +150,16 @@ export class Vcpu {
     this.#ctx.raw.setRegs(this.#fd, bytes);
   }
 
-  /** KVM_GET_SREGS */
+  /** KVM_GET_SREGS: segments, descriptor tables and control registers. EBADF once closed. */
   getSregs(): Sregs {
     return decodeSregs(this.#ctx.raw.getSregs(this.fd));
   }
 
-  /** KVM_SET_SREGS of the given fields (segments may be partial; the rest keep their values). */
+  /**
+   * KVM_SET_SREGS of the given fields (segments may be partial; the rest keep their values:
+   * read first with KVM_GET_SREGS). An unknown field or a value of the wrong type is a
+   * TypeError, a value out of its field's range a RangeError; EBADF once closed.
+   */
   setSregs(update: SregsUpdate): void {
     if (typeof update !== 'object' || update === null) throw new TypeError(`sregs must be an object, got ${typeName(update)}`);
     const bytes = this.#ctx.raw.getSregs(this.fd);
@@ -135,7 +181,9 @@ export class Vcpu {
    * KVM_RUN on a thread of its own; resolves with the decoded exit. A timeout or an abort
    * kicks the vCPU out (exit 'timeout' / 'canceled'), after which it can run again.
    * A memory fault (KVM_RUN failing with EFAULT and exit reason KVM_EXIT_MEMORY_FAULT) is an
-   * exit, not an error; other failures reject with a KvmError.
+   * exit, not an error; other failures reject with a KvmError. A second run() while one is in
+   * flight rejects with EBUSY; a `timeoutMs` outside [0, 2^31 - 1] with a RangeError, options
+   * of the wrong type with a TypeError.
    */
   async run(options?: RunOptions): Promise<VcpuExit> {
     const fd = this.fd;
@@ -189,7 +237,9 @@ export class Vcpu {
   /**
    * Answers the hypercall the last run() exited with: its return value (0: done; for
    * KVM_HC_MAP_GPA_RANGE a negative errno refuses), written to kvm_run for the guest to read
-   * when it runs again. Vm.convert() answers MAP_GPA_RANGE exits itself.
+   * when it runs again. Vm.convert() answers MAP_GPA_RANGE exits itself. A negative `ret`
+   * is written in two's complement; a value that fits neither a u64 nor an s64 is a
+   * RangeError. EINVAL when the last exit was not a hypercall or it was answered already.
    */
   completeHypercall(ret: bigint | number): void {
     void this.fd;
@@ -208,13 +258,17 @@ export class Vcpu {
    * Returns the part not yet mapped ({ size: 0n } when all was); throws when no page was
    * (ENOENT where no memslot is, EFAULT where the page has no memory the kernel can fault
    * in, EOPNOTSUPP where the host cannot pre-fault).
+   *
+   * @property __type.gpa Where the part not yet mapped starts.
+   * @property __type.size Bytes not yet mapped.
    */
   preFaultMemory(gpa: U64, size: U64): { gpa: bigint; size: bigint } {
     const fd = this.fd;
     return this.#ctx.raw.preFaultMemory(fd, { gpa: toU64(gpa, 'gpa'), size: toU64(size, 'size'), flags: 0n });
   }
 
-  /** Kicks a running vCPU out of KVM_RUN (its run() resolves 'canceled'). */
+  /** Kicks a running vCPU out of KVM_RUN (its run() resolves 'canceled'); a no-op when none
+   * is in flight. */
   cancel(): void {
     this.#stop?.('canceled');
   }
@@ -236,6 +290,7 @@ export class Vcpu {
     else this.#release();
   }
 
+  /** close(), for `using cpu = vm.createVcpu(0)`. */
   [Symbol.dispose](): void {
     this.close();
   }

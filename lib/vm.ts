@@ -46,12 +46,28 @@ export interface SharedMemoryOptions {
 
 export type { AttributeRange } from './attributes.js';
 
-/** What to convert: a vCPU's MAP_GPA_RANGE hypercall or memory-fault exit, or a range. */
-export type ConversionRequest =
-  | Extract<VcpuExit, { reason: 'hypercall'; nr: 'map-gpa-range' }>
-  | Extract<VcpuExit, { reason: 'memory-fault' }>
-  | { gpa: U64; size: U64; toPrivate: boolean };
+/**
+ * What to convert: a vCPU's MAP_GPA_RANGE hypercall exit or memory-fault exit (as run()
+ * returned it), or a range given directly.
+ */
+export type ConversionRequest = HypercallConversion | MemoryFaultConversion | RangeConversion;
 
+/** A MAP_GPA_RANGE hypercall exit, as Vcpu.run() returned it. */
+export type HypercallConversion = Extract<VcpuExit, { reason: 'hypercall'; nr: 'map-gpa-range' }>;
+/** A memory-fault exit, as Vcpu.run() returned it (converted to what the fault asked for). */
+export type MemoryFaultConversion = Extract<VcpuExit, { reason: 'memory-fault' }>;
+
+/** A range to convert. */
+export interface RangeConversion {
+  /** First guest-physical address, in bytes (page-aligned). */
+  gpa: U64;
+  /** Size in bytes (a multiple of the page size). */
+  size: U64;
+  /** true: make the range private; false: shared. */
+  toPrivate: boolean;
+}
+
+/** How vm.convert() applies a conversion. */
 export interface ConvertOptions {
   /** The vCPU whose hypercall this answers (its return value is written for the guest). */
   vcpu?: Vcpu;

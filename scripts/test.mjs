@@ -19,7 +19,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const vitest = createRequire(import.meta.url).resolve('vitest/vitest.mjs');
+// vitest's CLI, by its package's bin entry (its exports do not name the file).
+const vitestPackage = createRequire(import.meta.url).resolve('vitest/package.json');
+const vitest = path.join(path.dirname(vitestPackage), JSON.parse(readFileSync(vitestPackage, 'utf8')).bin.vitest);
 const args = process.argv.slice(2);
 
 function kvmUsable() {

@@ -11,7 +11,7 @@ export const LINUX_ERRNO = {
   ENOTDIR: 20, EISDIR: 21, EINVAL: 22, ENFILE: 23, EMFILE: 24, ENOTTY: 25, ETXTBSY: 26, EFBIG: 27, ENOSPC: 28,
   ESPIPE: 29, EROFS: 30, EMLINK: 31, EPIPE: 32, EDOM: 33, ERANGE: 34, EDEADLK: 35, ENAMETOOLONG: 36, ENOLCK: 37,
   ENOSYS: 38, ENOTEMPTY: 39, ELOOP: 40, ENOMSG: 42, EIDRM: 43, ENODATA: 61, ETIME: 62, EPROTO: 71, EBADMSG: 74,
-  EOVERFLOW: 75, EILSEQ: 84, ENOTSOCK: 88, EMSGSIZE: 90, EOPNOTSUPP: 95, EADDRINUSE: 98, ENOBUFS: 105,
+  EOVERFLOW: 75, ELIBACC: 79, EILSEQ: 84, ENOTSOCK: 88, EMSGSIZE: 90, EOPNOTSUPP: 95, EADDRINUSE: 98, ENOBUFS: 105,
   ENOTCONN: 107, ETIMEDOUT: 110, ECONNREFUSED: 111, EALREADY: 114, EINPROGRESS: 115, ESTALE: 116,
   EDQUOT: 122, ECANCELED: 125, EOWNERDEAD: 130, ENOTRECOVERABLE: 131, EHWPOISON: 133,
 } as const;
@@ -29,14 +29,20 @@ export interface Conflict {
   asId?: number;
   /** The range in the way, end exclusive (guest-physical or file offsets, see `space`). */
   start?: bigint;
+  /** End of the range in the way (exclusive). */
   end?: bigint;
+  /** What `start` and `end` count: guest-physical addresses ('gpa') or guest_memfd file
+   * offsets ('file'), in bytes. */
   space?: 'gpa' | 'file';
 }
 
+/** The fields of a KvmError, as its constructor takes them. */
 export interface KvmErrorInit {
   /** The errno value (Linux's); derived from `code` when omitted. */
   errno?: number;
+  /** The errno's name, e.g. 'EINVAL'. */
   code: string;
+  /** The system call that failed, e.g. 'ioctl', 'mmap', 'fallocate'. */
   syscall: string;
   /** The KVM ioctl, e.g. 'KVM_SET_USER_MEMORY_REGION2'. */
   request?: string | undefined;
@@ -44,6 +50,7 @@ export interface KvmErrorInit {
   conflict?: Conflict | undefined;
   /** Which kernel rule (rules/) explains the error, when the library knows. */
   rule?: string | undefined;
+  /** The error this one explains (Error's `cause`). */
   cause?: unknown;
 }
 
@@ -54,13 +61,20 @@ export interface KvmErrorInit {
  * the library knows, the `rule` the kernel applied and the `conflict` in the way.
  */
 export class KvmError extends Error {
+  /** Linux's errno value, positive (22 for EINVAL); 0 for a code it does not know. */
   readonly errno: number;
+  /** The errno's name, e.g. 'EINVAL'. */
   readonly code: string;
+  /** The system call that failed, e.g. 'ioctl', 'mmap', 'fallocate'. */
   readonly syscall: string;
+  /** The KVM ioctl, e.g. 'KVM_SET_USER_MEMORY_REGION2'; undefined for other calls. */
   readonly request: string | undefined;
+  /** The memslot or range in the way, when the error is a conflict the library named. */
   readonly conflict: Conflict | undefined;
+  /** The kernel rule (lib/rules/, e.g. 'gmem.size') that explains the error, when known. */
   readonly rule: string | undefined;
 
+  /** Makes the error; `errno` is derived from `code` when `init` has none. */
   constructor(message: string, init: KvmErrorInit) {
     super(message, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = 'KvmError';
@@ -100,6 +114,7 @@ export function kvmError(code: ErrnoCode, where: Where, detail: string, extra: P
   });
 }
 
+/** Whether `e` is a KvmError, and, when `code` is given, one with that code ('EINVAL'). */
 export function isKvmError(e: unknown, code?: string): e is KvmError {
   return e instanceof KvmError && (code === undefined || e.code === code);
 }

@@ -11,10 +11,13 @@
  */
 import { BTree } from './btree.js';
 
+/** A range of keys with one value: [start, end). */
 export interface RangeEntry<V> {
+  /** First key. */
   start: number;
   /** exclusive */
   end: number;
+  /** The value of every key in the range. */
   value: V;
 }
 
@@ -23,10 +26,20 @@ interface Stored<V> {
   value: V;
 }
 
+/**
+ * Integer keys (gfns) to values, stored as merged ranges: adjacent ranges with equal values
+ * are one entry, and keys not covered have `defaultValue`, which is never stored. get() is
+ * O(log n); set() is O(log n + the ranges it replaces).
+ */
 export class RangeMap<V> {
   #tree = new BTree<Stored<V>>();
 
+  /**
+   * @param defaultValue The value of every key not set to another.
+   * @param equal Whether two values are equal, so that their ranges merge (default Object.is).
+   */
   constructor(
+    /** The value of every key not set to another (never stored). */
     readonly defaultValue: V,
     private readonly equal: (a: V, b: V) => boolean = Object.is,
   ) {}
@@ -36,6 +49,7 @@ export class RangeMap<V> {
     return this.#tree.size;
   }
 
+  /** The value at `key` (`defaultValue` where no range covers it). */
   get(key: number): V {
     const f = this.#tree.floor(key);
     return f && key < f[1].end ? f[1].value : this.defaultValue;
@@ -100,6 +114,7 @@ export class RangeMap<V> {
     for (const o of this.#overlapping(start, end)) yield { start: Math.max(o.start, start), end: Math.min(o.end, end), value: o.value };
   }
 
+  /** Removes every range: every key has `defaultValue` again. */
   clear(): void {
     this.#tree.clear();
   }

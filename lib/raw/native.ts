@@ -3,8 +3,9 @@
  * the RawBackend shapes (and need no `this`), so the backend is the addon's own functions:
  * no wrapper on the hot path.
  *
- * Where the addon comes from, in order: KVM_GMEM_ADDON (a path to a .node file), then the
- * node-gyp output (build/Release, build/Debug), then the cmake-js output (build-cmake/...).
+ * Where the addon comes from, in order: KVM_GMEM_ADDON (a path to a .node file, alone), else
+ * a local build (node-gyp's build/Release and build/Debug, cmake-js's build-cmake/...), then
+ * the package's prebuild (prebuilds/linux-x64/kvm_gmem.napi.node).
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -72,16 +73,20 @@ const require = createRequire(import.meta.url);
 /** Package root: this file is lib/raw/native.ts in the sources and dist/raw/native.js built. */
 export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
+/**
+ * The .node files loadAddon() tries, in order: $KVM_GMEM_ADDON alone when set (resolved against
+ * the working directory), else the package's build/Release, build/Debug, build-cmake/Release
+ * and build-cmake/Debug builds, then its prebuild for this platform and architecture.
+ */
 export function addonCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
-  const built = ['build/Release', 'build/Debug', 'build-cmake/Release', 'build-cmake/Debug'].map((d) =>
-    path.join(packageRoot, d, 'kvm_gmem.node'),
-  );
-  return env.KVM_GMEM_ADDON ? [path.resolve(env.KVM_GMEM_ADDON)] : built;
+  if (env.KVM_GMEM_ADDON) return [path.resolve(env.KVM_GMEM_ADDON)];
+  const built = ['build/Release', 'build/Debug', 'build-cmake/Release', 'build-cmake/Debug'].map((d) => path.join(packageRoot, d, 'kvm_gmem.node'));
+  return [...built, path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'kvm_gmem.napi.node')];
 }
 
 let cached: { addon?: Addon; error?: Error } | undefined;
 
-/** The addon, loaded once per environment; throws an Error listing what was tried. */
+/** The addon, loaded once per environment; throws a KvmError (ELIBACC) listing what was tried. */
 export function loadAddon(): Addon {
   cached ??= tryLoad();
   if (cached.error) throw cached.error;
@@ -90,8 +95,9 @@ export function loadAddon(): Addon {
 
 function tryLoad(): { addon?: Addon; error?: Error } {
   const tried: string[] = [];
-  if (process.platform !== 'linux') {
-    return { error: new Error(`kvm-gmem: the native addon is Linux-only (this is ${process.platform})`) };
+  const fail = (message: string) => ({ error: new KvmError(message, { code: 'ELIBACC', syscall: 'dlopen' }) });
+  if (process.platform !== 'linux' || process.arch !== 'x64') {
+    return fail(`kvm-gmem: the native addon is for Linux x86-64 only (this is ${process.platform}-${process.arch}); backend 'simulated' works here`);
   }
   for (const file of addonCandidates()) {
     if (!existsSync(file)) {
@@ -106,8 +112,8 @@ function tryLoad(): { addon?: Addon; error?: Error } {
       tried.push(`${file}: ${(e as Error).message}`);
     }
   }
-  const hint = 'build it with `npm run build:gyp` (or `npm run build:cmake`), or set KVM_GMEM_ADDON';
-  return { error: new Error(`kvm-gmem: cannot load the native addon; tried:\n  ${tried.join('\n  ')}\n${hint}`) };
+  const hint = 'build it with `npm rebuild kvm-gmem` (in this repository: `npm run build:gyp` or `npm run build:cmake`), or set KVM_GMEM_ADDON';
+  return fail(`kvm-gmem: cannot load the native addon; tried: ${tried.join('; ')}. ${hint}`);
 }
 
 let backend: RawBackend | undefined;

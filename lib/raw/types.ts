@@ -15,39 +15,57 @@ export type Handle = number;
 export interface RawRegion {
   /** bits 15:0 slot id, bits 31:16 address-space id */
   slot: number;
+  /** KVM_MEM_* flags. */
   flags?: number;
+  /** First guest-physical address, in bytes. */
   guestPhysAddr: U64;
   /** 0 deletes the slot */
   memorySize: U64;
+  /** Host address of the slot's memory in this process. */
   userspaceAddr?: U64;
 }
 
 /** struct kvm_userspace_memory_region2 (KVM_SET_USER_MEMORY_REGION2). */
 export interface RawRegion2 extends RawRegion {
+  /** Byte offset of the slot's memory in the guest_memfd. */
   guestMemfdOffset?: U64;
+  /** The guest_memfd's fd (with KVM_MEM_GUEST_MEMFD), passed to the kernel as given. */
   guestMemfd?: number;
 }
 
 /** struct kvm_memory_attributes. */
 export interface RawMemoryAttributes {
+  /** First guest-physical address, in bytes. */
   address: U64;
+  /** Size of the range in bytes. */
   size: U64;
+  /** The KVM_MEMORY_ATTRIBUTE_* bits the range gets. */
   attributes: U64;
+  /** Must be 0. */
   flags?: U64;
 }
 
 /** struct kvm_pre_fault_memory (in: range; out: what is left). */
 export interface RawPreFault {
+  /** First guest-physical address, in bytes. */
   gpa: U64;
+  /** Size of the range in bytes. */
   size: U64;
+  /** Must be 0. */
   flags?: U64;
 }
 
+/** What fstat(2) reports of a file, the fields the library reads. */
 export interface RawStat {
+  /** st_size: the file size in bytes. */
   size: bigint;
+  /** st_mode: file type and permissions. */
   mode: number;
+  /** st_blksize: the preferred I/O block size in bytes. */
   blksize: number;
+  /** st_blocks: 512-byte blocks allocated. */
   blocks: bigint;
+  /** st_ino: the inode number. */
   ino: bigint;
 }
 
@@ -60,6 +78,7 @@ export interface RawStat {
  * environment's end unmaps what is left.
  */
 export interface RawMapping {
+  /** The mapping's address in this process. */
   readonly address: bigint;
   /** A view of [offset, offset + length) (length <= 4 GiB); EBADF once unmapped. */
   view(offset: number, length: number): Uint8Array;
@@ -73,13 +92,16 @@ export interface RawRun {
   kick(): void;
 }
 
+/** The syscall-shaped functions every backend provides, one per kernel call. */
 export interface RawBackend {
+  /** 'kvm' for the native addon, 'simulated' for the simulator. */
   readonly kind: 'kvm' | 'simulated';
   /** The host page size (sysconf(_SC_PAGESIZE)). */
   readonly pageSize: number;
 
   /** open(path, O_RDWR | O_CLOEXEC) */
   open(path: string): Handle;
+  /** close(fd) */
   close(fd: Handle): void;
   /** KVM_GET_API_VERSION */
   getApiVersion(fd: Handle): number;
@@ -101,10 +123,16 @@ export interface RawBackend {
   enableCap(fd: Handle, cap: number, args?: readonly U64[]): void;
   /** KVM_SET_MEMORY_ATTRIBUTES */
   setMemoryAttributes(vmFd: Handle, attributes: RawMemoryAttributes): void;
-  /** KVM_PRE_FAULT_MEMORY on a vCPU: the range not yet faulted in */
+  /**
+   * KVM_PRE_FAULT_MEMORY on a vCPU: the range not yet faulted in
+   *
+   * @property __type.gpa Where the part not yet faulted in starts.
+   * @property __type.size Bytes not yet faulted in.
+   */
   preFaultMemory(vcpuFd: Handle, range: RawPreFault): { gpa: bigint; size: bigint };
   /** fallocate(fd, mode, offset, length) */
   fallocate(fd: Handle, mode: number, offset: U64, length: U64): void;
+  /** fstat(fd) */
   fstat(fd: Handle): RawStat;
   /** mmap(NULL, length, prot, flags, fd, offset); fd -1 with MAP_ANONYMOUS for anonymous
    * memory; MAP_FIXED is refused */

@@ -17,13 +17,19 @@ describe('addon loader', () => {
     expect(existsSync(dist), 'dist/ missing: run npm run build').toBe(true);
   });
 
-  test('KVM_GMEM_ADDON pointing nowhere: the error lists what was tried', () => {
-    const r = child(`import { openKvm } from ${JSON.stringify(dist)}; try { openKvm({ backend: 'kvm' }); } catch (e) { console.log(e.message); }`, {
-      KVM_GMEM_ADDON: '/nonexistent/kvm_gmem.node',
-    });
-    expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/cannot load the native addon; tried:/);
-    expect(r.stdout).toMatch(/\/nonexistent\/kvm_gmem\.node: not found/);
+  test("KVM_GMEM_ADDON pointing nowhere: 'kvm' throws a KvmError listing what was tried; 'auto' falls back and says why, in full", () => {
+    const r = child(
+      `import { openKvm, KvmError } from ${JSON.stringify(dist)};
+       try { openKvm({ backend: 'kvm' }); } catch (e) { console.log(JSON.stringify({ kvmError: e instanceof KvmError, code: e.code, errno: e.errno, message: e.message })); }
+       const kvm = openKvm({ backend: 'auto' }); console.log(JSON.stringify({ backend: kvm.backend, reason: kvm.fallbackReason })); kvm.close();`,
+      { KVM_GMEM_ADDON: '/nonexistent/kvm_gmem.node' },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const [thrown, auto] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(thrown).toMatchObject({ kvmError: true, code: 'ELIBACC', errno: 79 });
+    expect(thrown.message).toMatch(/cannot load the native addon; tried: \/nonexistent\/kvm_gmem\.node: not found/);
+    expect(auto.backend).toBe('simulated');
+    expect(auto.reason).toMatch(/no native addon: .*\/nonexistent\/kvm_gmem\.node: not found.*KVM_GMEM_ADDON/);
   });
 
   test.skipIf(unavailable)('NODE_DEBUG=kvm-gmem traces each syscall with arguments and result', () => {
