@@ -11,10 +11,12 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 // The C baseline, built from source in the same run.
 mkdirSync(path.join(root, 'bench', 'out'), { recursive: true });
-const cc = spawnSync('c++', ['-O2', '-std=c++17', '-pthread', '-o', path.join(root, 'bench', 'out', 'baseline'), path.join(root, 'bench', 'c', 'baseline.cc')], { stdio: 'inherit' });
-if (cc.status !== 0) {
-  console.error('bench: cannot build the C baseline (bench/c/baseline.cc)');
-  process.exit(1);
+for (const name of ['baseline', 'slots']) {
+  const cc = spawnSync('c++', ['-O2', '-std=c++17', '-pthread', '-o', path.join(root, 'bench', 'out', name), path.join(root, 'bench', 'c', `${name}.cc`)], { stdio: 'inherit' });
+  if (cc.status !== 0) {
+    console.error(`bench: cannot build the C baseline (bench/c/${name}.cc)`);
+    process.exit(1);
+  }
 }
 const only = process.argv.slice(2);
 const files = readdirSync(path.join(root, 'bench')).filter((f) => f.endsWith('.mjs') && (!only.length || only.some((o) => f.includes(o)))).sort();
