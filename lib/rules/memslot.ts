@@ -44,6 +44,12 @@ export interface MemslotContext {
    * EEXIST on 7.x (from a profile); undefined where it is not known (a real host).
    */
   gmemBoundCode?: ErrnoCode | undefined;
+  /**
+   * Where the kernel checks that the slot ends within kvm_mmu_max_gfn(), for a gmem slot:
+   * 'first' (before the guest_memfd checks), 'before-bind', or after the binding (undefined:
+   * 7.2, where kvm_gmem_bind runs before kvm_arch_prepare_memory_region). From a profile.
+   */
+  maxGfnCheck?: 'first' | 'before-bind' | undefined;
   slot(asId: number, id: number): SlotView | undefined;
   /** A slot of `asId` other than `id` whose gfn range intersects [start, end). */
   overlapping(asId: number, id: number, gfnStart: bigint, gfnEnd: bigint): SlotView | undefined;
@@ -167,6 +173,18 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     }
   }
 
+  // kvm_arch_prepare_memory_region (x86): the slot must end within the MMU's reach. Where
+  // this comes relative to the guest_memfd checks depends on the kernel (ctx.maxGfnCheck).
+  const beyondMmu = (): Violation | undefined =>
+    (op === 'create' || op === 'move') && baseGfn + npages - 1n > ctx.maxGfn
+      ? fail('memslot.max-gfn', `guest range ends at ${hex((baseGfn + npages) * page)}, beyond the highest guest frame the MMU maps (${hex((ctx.maxGfn + 1n) * page)})`)
+      : undefined;
+  const early = gmem && op === 'create' ? ctx.maxGfnCheck : undefined;
+  if (early === 'first') {
+    const v = beyondMmu();
+    if (v) return v;
+  }
+
   if (gmem && op === 'create') {
     const g = ctx.gmem(r.guestMemfd);
     if (g.kind === 'ebadf') return { rule: 'memslot.gmem-fd', code: 'EBADF', message: `guestMemfd ${r.guestMemfd} is not an open file`, books: true };
@@ -175,6 +193,10 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     const end = r.guestMemfdOffset + r.memorySize;
     if (r.guestMemfdOffset >= 1n << 63n || end > g.size) {
       return fail('memslot.gmem-bounds', `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is past the guest_memfd's end (${hex(g.size)})`);
+    }
+    if (early === 'before-bind') {
+      const v = beyondMmu();
+      if (v) return v;
     }
     const pg = r.guestMemfdOffset / page;
     const bound = g.boundSlot(pg, pg + npages);
@@ -190,11 +212,7 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
       };
     }
   }
-  // kvm_arch_prepare_memory_region (x86), after the bind: the slot must end within the MMU's reach.
-  if ((op === 'create' || op === 'move') && baseGfn + npages - 1n > ctx.maxGfn) {
-    return fail('memslot.max-gfn', `guest range ends at ${hex((baseGfn + npages) * page)}, beyond the highest guest frame the MMU maps (${hex((ctx.maxGfn + 1n) * page)})`);
-  }
-  return decision(op);
+  return beyondMmu() ?? decision(op);
 }
 
 /** kvm_mmu_max_gfn() on x86 with 52-bit physical addresses and 4 KiB pages. */

@@ -526,6 +526,7 @@ export class SimBackend implements RawBackend {
       userAddressMax: this.profile.userAddressMax,
       maxGfn: (1n << BigInt(this.profile.guestPhysAddrBits - 12)) - 1n,
       gmemBoundCode: this.profile.gmemBoundErrno ?? 'EINVAL',
+      maxGfnCheck: this.profile.maxGfnCheck,
       slot: (asId, id) => {
         const s = vm.slots.get((asId << 16) | id);
         return s && view(s);

@@ -38,6 +38,13 @@ export interface SimProfile {
   /** What binding a file range that another slot binds gives (6.18: EINVAL; 7.x: EEXIST);
    * absent where no VM type takes guest_memfd slots. */
   gmemBoundErrno?: ErrnoCode | undefined;
+  /**
+   * Where a guest_memfd slot's end beyond the MMU's reach (kvm_mmu_max_gfn) is refused,
+   * relative to the guest_memfd checks: 'first' (before the fd is looked at), 'before-bind'
+   * (after the fd checks, before the binding check), absent: after the binding (7.2: the
+   * bind comes first; 7.3 checks the range before it).
+   */
+  maxGfnCheck?: 'first' | 'before-bind' | undefined;
 }
 
 /** Capability numbers a profile measures: every one up to here (the kernel's list ends near 250). */
@@ -158,7 +165,7 @@ export function measureProfile(raw: RawBackend, sysFd: Handle, name: string, rel
     // TASK_SIZE_MAX: 5-level paging, else 4-level.
     const userAddressMax = [(1n << 56n) - page, (1n << 47n) - page].find((end) => slot(0n, end - page) === undefined) ?? (1n << 47n) - page;
     const attrs = outcome(() => raw.setMemoryAttributes(fd, { address: 0, size: page, attributes: 0, flags: 1 }));
-    const gmemBoundErrno = measureGmemBound(raw, sysFd, vm, page);
+    const { gmemBoundErrno, maxGfnCheck } = measureGmemBound(raw, sysFd, vm, page, 1n << BigInt(guestPhysAddrBits));
     return {
       name,
       release,
@@ -169,24 +176,33 @@ export function measureProfile(raw: RawBackend, sysFd: Handle, name: string, rel
       vcpuMmapSize: raw.getVcpuMmapSize(sysFd),
       ...(preFaultWithoutSlots ? { preFaultWithoutSlots } : {}),
       ...(gmemBoundErrno ? { gmemBoundErrno } : {}),
+      ...(maxGfnCheck ? { maxGfnCheck } : {}),
     };
   } finally {
     raw.close(fd);
   }
 }
 
-/** Binds one page of a guest_memfd twice, on the first VM type that takes gmem slots. */
-function measureGmemBound(raw: RawBackend, sysFd: Handle, vm: Record<number, CapTable>, page: bigint): ErrnoCode | undefined {
+/**
+ * Binds one page of a guest_memfd twice, on the first VM type that takes gmem slots: the
+ * second binding's errno. Then the same binding at `beyond` (past the MMU's reach), and one
+ * there with an fd that is not open: which check comes first.
+ */
+function measureGmemBound(raw: RawBackend, sysFd: Handle, vm: Record<number, CapTable>, page: bigint, beyond: bigint): Pick<SimProfile, 'gmemBoundErrno' | 'maxGfnCheck'> {
   const type = Object.keys(vm).map(Number).find((t) => vm[t]![Cap.GUEST_MEMFD]);
-  if (type === undefined) return undefined;
+  if (type === undefined) return {};
   const fd = raw.createVm(sysFd, type);
   let gmem: Handle | undefined;
   try {
     gmem = raw.createGuestMemfd(fd, page, 0);
-    const bind = (slot: number, gpa: bigint) => () =>
-      raw.setUserMemoryRegion2(fd, { slot, flags: 4, guestPhysAddr: gpa, memorySize: page, guestMemfd: gmem!, guestMemfdOffset: 0 });
-    if (outcome(bind(0, 0n)) !== undefined) return undefined;
-    return outcome(bind(1, page));
+    const bind = (slot: number, gpa: bigint, guestMemfd: number = gmem!) => () =>
+      raw.setUserMemoryRegion2(fd, { slot, flags: 4, guestPhysAddr: gpa, memorySize: page, guestMemfd, guestMemfdOffset: 0 });
+    if (outcome(bind(0, 0n)) !== undefined) return {};
+    const gmemBoundErrno = outcome(bind(1, page));
+    const badFdBeyond = outcome(bind(2, beyond, 0x7fffffff));
+    const boundBeyond = outcome(bind(3, beyond));
+    const maxGfnCheck = badFdBeyond === 'EINVAL' ? 'first' : boundBeyond === 'EINVAL' && gmemBoundErrno !== 'EINVAL' ? 'before-bind' : undefined;
+    return { gmemBoundErrno, ...(maxGfnCheck ? { maxGfnCheck } : {}) };
   } finally {
     if (gmem !== undefined) raw.close(gmem);
     raw.close(fd);
@@ -209,6 +225,7 @@ export function profileToJSON(p: SimProfile): object {
     vcpuMmapSize: p.vcpuMmapSize,
     ...(p.preFaultWithoutSlots ? { preFaultWithoutSlots: p.preFaultWithoutSlots } : {}),
     ...(p.gmemBoundErrno ? { gmemBoundErrno: p.gmemBoundErrno } : {}),
+    ...(p.maxGfnCheck ? { maxGfnCheck: p.maxGfnCheck } : {}),
   };
 }
 
@@ -253,5 +270,6 @@ export function profileFromJSON(data: unknown): SimProfile {
     vcpuMmapSize: o.vcpuMmapSize as number,
     preFaultWithoutSlots: typeof o.preFaultWithoutSlots === 'string' ? (o.preFaultWithoutSlots as ErrnoCode) : undefined,
     gmemBoundErrno: typeof o.gmemBoundErrno === 'string' ? (o.gmemBoundErrno as ErrnoCode) : undefined,
+    maxGfnCheck: o.maxGfnCheck === 'first' || o.maxGfnCheck === 'before-bind' ? o.maxGfnCheck : undefined,
   };
 }
