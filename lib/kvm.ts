@@ -22,7 +22,7 @@ export type BackendName = 'auto' | 'kvm' | 'simulated';
 export interface OpenKvmOptions {
   /**
    * 'auto' (default, or KVM_GMEM_BACKEND): the kernel when the addon loads and the device
-   * opens, else the simulator. Ignored when `raw` is given.
+   * opens, else the simulator. Not with `raw` (a TypeError: raw is the backend).
    */
   backend?: BackendName;
   /** Device path, default /dev/kvm. */
@@ -40,8 +40,9 @@ export interface OpenKvmOptions {
    * real host's kvm.profile()), its JSON (`kvm-gmem caps --json` output), the path of such a
    * JSON file, or the name of a profile the package ships (profiles/*.json, e.g. 'pvm-6.18';
    * shippedProfiles() lists them). Default: $KVM_GMEM_PROFILE, else a 6.18+ host with
-   * KVM_X86_SW_PROTECTED_VM. Used only when the simulator answers. An unknown name or a
-   * missing file is a RangeError.
+   * KVM_X86_SW_PROTECTED_VM. Used only when the simulator answers; not with `raw` (a
+   * TypeError: a SimBackend takes its profile when made). An unknown name or a missing file
+   * is a RangeError.
    */
   profile?: ProfileSource;
 }
@@ -114,8 +115,10 @@ export class Kvm {
 
   /**
    * Typed capabilities, read on a VM of `vmType` (default 'default') because the answers
-   * depend on the VM type; on /dev/kvm when such a VM cannot be created (then `scope` is
-   * 'system'). The VM is created and closed again here. An unknown type name is a RangeError.
+   * depend on the VM type. The VM is created and closed again here. Without `vmType`, when no
+   * default VM can be created, they are read on /dev/kvm (then `scope` is 'system'); a
+   * `vmType` the host cannot create is the kernel's KvmError (EINVAL), not a fallback. An
+   * unknown type name is a RangeError.
    */
   capabilities(options?: { vmType?: VmTypeName | number }): Capabilities {
     const fd = this.fd;
@@ -126,7 +129,7 @@ export class Kvm {
     try {
       vmFd = this.raw.createVm(fd, type);
     } catch (e) {
-      if (!(e instanceof KvmError)) throw e;
+      if (!(e instanceof KvmError) || vmType !== undefined) throw e;
     }
     try {
       return readCapabilities(this.raw, fd, vmFd, vmFd === undefined ? 'system' : (vmType ?? 'default'));
@@ -222,7 +225,14 @@ export function openKvm(opts?: OpenKvmOptions): Kvm {
   if (typeof requested !== 'string') throw new TypeError(`backend must be a string, got ${typeName(requested)}`);
   if (!BACKENDS.includes(requested)) throw new RangeError(`backend must be one of ${BACKENDS.join(', ')}, got ${String(requested)}`);
 
-  if (options.raw) return new Kvm(CREATE, options.raw, options.raw.open(path), path, precheck);
+  if (options.raw !== undefined) {
+    // A raw backend is the backend: a backend name or a profile beside it would be ignored.
+    if (options.backend !== undefined || options.profile !== undefined) {
+      throw new TypeError(`raw is the backend itself: pass raw, or backend${options.profile !== undefined ? ' and profile' : ''}, not both (a SimBackend takes its profile when made)`);
+    }
+    if (typeof options.raw !== 'object' || options.raw === null) throw new TypeError(`raw must be a RawBackend, got ${typeName(options.raw)}`);
+    return new Kvm(CREATE, options.raw, options.raw.open(path), path, precheck);
+  }
   const simulated = (reason?: string) => {
     const source = options.profile ?? (process.env.KVM_GMEM_PROFILE || undefined);
     const sim = traced(new SimBackend(source === undefined ? defaultProfile : loadProfile(source)));

@@ -101,8 +101,10 @@ export class Vcpu {
   #running: RawRun | undefined;
   /** Kicks the run in flight, recording why. */
   #stop: ((why: 'timeout' | 'canceled') => void) | undefined;
-  /** The last exit was a hypercall still to be answered. */
-  #hypercallPending = false;
+  /** The last exit was a hypercall still to be answered: its number. */
+  #hypercallPending: bigint | undefined;
+  /** The last exit was a read (io 'in', mmio read) the VMM may answer: where its bytes go in kvm_run. */
+  #readPending: { what: string; offset: number; length: number } | undefined;
 
   /** @hidden made by Vm.createVcpu() */
   constructor(token: symbol, ctx: VmContext, fd: Handle, id: number) {
@@ -183,7 +185,10 @@ export class Vcpu {
    * A memory fault (KVM_RUN failing with EFAULT and exit reason KVM_EXIT_MEMORY_FAULT) is an
    * exit, not an error; other failures reject with a KvmError. A second run() while one is in
    * flight rejects with EBUSY; a `timeoutMs` outside [0, 2^31 - 1] with a RangeError, options
-   * of the wrong type with a TypeError.
+   * of the wrong type with a TypeError. A hypercall exit must be answered first (Vm.convert(),
+   * completeHypercall()): running again unanswered would hand the guest the kernel's default
+   * return value (0: done), so run() refuses with EINVAL instead. A read exit (io 'in', mmio
+   * read) may be answered with completeRead(); unanswered, the guest reads what kvm_run holds.
    */
   async run(options?: RunOptions): Promise<VcpuExit> {
     const fd = this.fd;
@@ -194,13 +199,16 @@ export class Vcpu {
     }
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new TypeError('signal must be an AbortSignal');
     if (this.#running) throw kvmError('EBUSY', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id} is already running`);
+    if (this.#hypercallPending !== undefined) {
+      throw kvmError('EINVAL', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id}'s hypercall ${this.#hypercallPending} is unanswered: answer it with vm.convert() or completeHypercall() before running again`);
+    }
     const area = this.#area(fd);
     const run = area.view(0, 4096);
     run[1] = 0; // immediate_exit: a previous kick must not stop this run
     let why: 'timeout' | 'canceled' | undefined;
     const r = this.#ctx.raw.run(fd, area);
     this.#running = r;
-    this.#hypercallPending = false;
+    this.#readPending = undefined;
     const stop = (this.#stop = (reason: 'timeout' | 'canceled') => {
       why ??= reason;
       r.kick();
@@ -227,7 +235,12 @@ export class Vcpu {
         throw new KvmError(`KVM_RUN: ${codeOf(errno)}`, { errno, code: codeOf(errno), syscall: 'ioctl', request: 'KVM_RUN' });
       }
       const exit = decodeExit(v, exitReason);
-      this.#hypercallPending = exit.reason === 'hypercall';
+      if (exit.reason === 'hypercall') this.#hypercallPending = v.getBigUint64(32, true);
+      else if (exit.reason === 'io' && exit.direction === 'in') {
+        this.#readPending = { what: `io in from port 0x${exit.port.toString(16)}`, offset: Number(v.getBigUint64(40, true)), length: exit.size * exit.count };
+      } else if (exit.reason === 'mmio' && !exit.isWrite) {
+        this.#readPending = { what: `mmio read at 0x${exit.gpa.toString(16)}`, offset: 40, length: exit.length };
+      }
       return exit;
     } finally {
       if (this.#closed) this.#release(); // close() while running left this to the run
@@ -247,10 +260,27 @@ export class Vcpu {
     const value = (typeof ret === 'bigint' && ret < 0n && ret >= -(1n << 63n)) || (typeof ret === 'number' && Number.isSafeInteger(ret) && ret < 0)
       ? BigInt.asUintN(64, BigInt(ret))
       : toU64(ret, 'ret');
-    if (!this.#hypercallPending) throw kvmError('EINVAL', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id} has no hypercall to answer (its last exit was not one)`);
+    if (this.#hypercallPending === undefined) throw kvmError('EINVAL', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id} has no hypercall to answer (its last exit was not one)`);
     const run = this.#runArea!.view(0, 4096);
     new DataView(run.buffer, run.byteOffset, run.byteLength).setBigUint64(88, value, true);
-    this.#hypercallPending = false;
+    this.#hypercallPending = undefined;
+  }
+
+  /**
+   * Answers the read the last run() exited with: for an io 'in' exit the size * count bytes the
+   * guest reads from the port, for an mmio read its `length` bytes. They are written to
+   * kvm_run, and the guest's instruction completes with them when it runs again. A `data` of
+   * another length is a RangeError; anything but a Uint8Array or an array of bytes a
+   * TypeError; EINVAL when the last exit was not a read or it was answered already.
+   */
+  completeRead(data: Uint8Array | readonly number[]): void {
+    void this.fd;
+    const bytes = toBytes(data);
+    const pending = this.#readPending;
+    if (!pending) throw kvmError('EINVAL', { syscall: 'ioctl', request: 'KVM_RUN' }, `vCPU ${this.id} has no read to answer (its last exit was not an io 'in' or an mmio read)`);
+    if (bytes.length !== pending.length) throw new RangeError(`the ${pending.what} takes ${pending.length} bytes, got ${bytes.length}`);
+    this.#runArea!.view(pending.offset, pending.length).set(bytes);
+    this.#readPending = undefined;
   }
 
   /**
@@ -294,6 +324,13 @@ export class Vcpu {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** `data` as bytes: a Uint8Array, or an array of integers in [0, 255]. */
+function toBytes(data: unknown): Uint8Array {
+  if (data instanceof Uint8Array) return Uint8Array.from(data);
+  if (Array.isArray(data) && data.every((b) => Number.isInteger(b) && b >= 0 && b <= 255)) return Uint8Array.from(data as number[]);
+  throw new TypeError(`data must be a Uint8Array or an array of bytes, got ${typeName(data)}`);
 }
 
 /** Decodes struct kvm_run's exit union (offsets for x86-64: the union starts at 32). */

@@ -21,7 +21,7 @@ import {
   AttributeBook, constants, GuestMemfd, Kvm, KvmError, Mapping, MemslotTable, openKvm, Vcpu, Vm, type Memslot,
 } from '../../lib/index.js';
 import { addonCandidates, loadAddon } from '../../lib/raw/native.js';
-import { backendName, devicePath, MiB, open, PAGE, simulated, unavailable } from '../helpers.js';
+import { backendName, devicePath, MiB, noGuestCode, open, PAGE, skipped, unavailable } from '../helpers.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
 const U64_MAX = (1n << 64n) - 1n;
@@ -386,6 +386,7 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
       ['vcpu.fd', () => c.fd], ['vcpu.getRegs', () => c.getRegs()], ['vcpu.setRegs', () => c.setRegs({ rip: 0n })],
       ['vcpu.getSregs', () => c.getSregs()], ['vcpu.setSregs', () => c.setSregs({ cr0: 0n })],
       ['vcpu.preFaultMemory', () => c.preFaultMemory(0n, PAGE)], ['vcpu.run', () => c.run({ timeoutMs: 10 })],
+      ['vcpu.completeRead', () => c.completeRead([0])], ['vcpu.completeHypercall', () => c.completeHypercall(0n)],
     ] as const) {
       await expectKvmCode(fn, 'EBADF', label);
     }
@@ -424,6 +425,17 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
     expect(vm.memslots.list()).toEqual(before);
     expect(theirs.deleted).toBe(false);
     theirs.delete();
+  });
+
+  test('options that contradict each other are refused, not ignored: raw with backend or profile; capabilities() of a VM type the host lacks', async () => {
+    const raw = kvm.raw;
+    expect(() => openKvm({ raw, backend: 'simulated' })).toThrow(/raw is the backend itself/);
+    expect(() => openKvm({ raw, profile: 'pvm-6.18' })).toThrow(TypeError);
+    expect(() => openKvm({ raw: 1 as never })).toThrow(TypeError);
+    const have = kvm.capabilities().vmTypes;
+    const lacking = (['sev', 'sev-es', 'snp', 'tdx'] as const).find((t) => !have.includes(t))!;
+    await expectKvmCode(() => kvm.capabilities({ vmType: lacking }), 'EINVAL', `capabilities({ vmType: '${lacking}' }) where the host has ${have.join(', ')}`);
+    expect(kvm.capabilities({ vmType: 'default' }).scope).toBe('default');
   });
 
   test('memslots.get() answers only for the slot asked for (no aliasing through coercion or overflow)', () => {
@@ -496,7 +508,7 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
     });
   });
 
-  test.skipIf(simulated)('run({ timeoutMs }) beyond setTimeout’s range does not turn into a 1 ms timeout', async () => {
+  test.skipIf(noGuestCode)(`run({ timeoutMs }) beyond setTimeout’s range does not turn into a 1 ms timeout${skipped(noGuestCode)}`, async () => {
     using g = vm.createGuestMemfd({ size: MiB, mmap: true, initShared: true });
     using s = vm.memslots.add({ guestPhysAddr: 16n * MiB, size: MiB, guestMemfd: g });
     using c = vm.createVcpu(9);

@@ -99,6 +99,8 @@ describe.skipIf(missing)(`private memory a guest converts${missing ? ` (skipped:
       const exit = await cpu.run({ timeoutMs: 20_000 });
       if (exit.reason === 'io') out.push(exit.data[0]!);
       else if (exit.reason === 'hypercall' && exit.nr === 'map-gpa-range') {
+        // Unanswered, the guest would read the kernel's default 0 (done): run() refuses.
+        await expect(cpu.run({ timeoutMs: 20_000 })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/hypercall 12 is unanswered/) });
         const c = vm.convert(exit, { vcpu: cpu });
         out.push(`${c.toPrivate ? 'private' : 'shared'} ${c.gpa}+${c.size}`);
         if (c.toPrivate) {

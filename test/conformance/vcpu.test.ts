@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, test } from 'vitest';
 import { RESET_SREGS } from '../../lib/base/structs.js';
-import { open, simulated, unavailable } from '../helpers.js';
+import { expectCode, open, simulated, unavailable } from '../helpers.js';
 
 describe.skipIf(unavailable)(`a new vCPU${unavailable ? ` (skipped: ${unavailable})` : ''}`, () => {
   test('registers: rip at the reset vector, rflags bit 1, rdx the family/model/stepping 0x600 until KVM_SET_CPUID', () => {
@@ -38,5 +38,17 @@ describe.skipIf(unavailable)(`a new vCPU${unavailable ? ` (skipped: ${unavailabl
     for (const k of Object.keys(RESET_SREGS) as (keyof typeof RESET_SREGS)[]) expect(strip(s[k]), k).toEqual(strip(RESET_SREGS[k]));
     using ap = vm.createVcpu(1);
     expect(ap.getSregs().apicBase, 'an AP: enabled, not the BSP').toBe(0xfee00800n);
+  });
+
+  test('answers with nothing to answer: completeRead() and completeHypercall() are EINVAL before any exit; bad data is a TypeError', () => {
+    using kvm = open();
+    using vm = kvm.createVm();
+    using cpu = vm.createVcpu(0);
+    expect(() => cpu.completeRead(['a'] as never)).toThrow(TypeError);
+    expect(() => cpu.completeRead([256])).toThrow(TypeError);
+    expect(() => cpu.completeRead(new Uint16Array(1) as never)).toThrow(TypeError);
+    expectCode(() => cpu.completeRead([0]), 'EINVAL');
+    expectCode(() => cpu.completeHypercall(0n), 'EINVAL');
+    expect(() => cpu.completeHypercall(1n << 64n)).toThrow(RangeError);
   });
 });
