@@ -33,7 +33,7 @@ export default defineConfig({
           env: { KVM_GMEM_BACKEND: 'kvm' },
         },
       },
-      { extends: true, test: { name: 'sim', include: [...conformance, ...api], env: { KVM_GMEM_BACKEND: 'simulated' } } },
+      { extends: true, test: { name: 'sim', include: [...conformance, ...api, 'test/sim/**/*.test.ts'], env: { KVM_GMEM_BACKEND: 'simulated' } } },
       {
         extends: true,
         test: { name: 'auto-fallback', include: conformance, env: { KVM_GMEM_BACKEND: 'auto', KVM_GMEM_TEST_PATH: '/nonexistent' } },

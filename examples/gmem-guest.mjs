@@ -9,7 +9,15 @@ import { openKvm } from 'kvm-gmem';
 
 const MiB = 1n << 20n;
 
-const kvm = openKvm({ backend: 'kvm' });
+let kvm;
+try {
+  kvm = openKvm({ backend: 'kvm' });
+} catch (e) {
+  // The simulator cannot run guest code: this one needs a kernel.
+  console.error(`this example runs a guest: it needs /dev/kvm (${e.code ?? e.message})`);
+  console.error('without one here: npx kvm-gmem lab run -- node examples/gmem-guest.mjs   (a real kernel under QEMU)');
+  process.exit(1);
+}
 const vm = kvm.createVm(); // closing the VM closes its gmems, mappings and vCPUs
 const gmem = vm.createGuestMemfd({ size: 2n * MiB, mmap: true, initShared: true });
 const slot = vm.memslots.add({ guestPhysAddr: 0n, size: 2n * MiB, guestMemfd: gmem });

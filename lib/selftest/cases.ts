@@ -29,15 +29,22 @@ export interface SelftestCase {
   run(ctx: SelftestContext): void | Promise<void>;
 }
 
-/** Why `requirement` is not met on this backend (undefined when it is). */
+/**
+ * Why `requirement` is not met on this backend (undefined when it is). `caps` are
+ * kvm.capabilities(): read on a default VM, the VM the guest_memfd cases create, because the
+ * answer depends on the VM (Linux 6.12 answers KVM_CAP_GUEST_MEMFD 1 on /dev/kvm but 0 on a
+ * default VM, whose KVM_MEM_GUEST_MEMFD slots it refuses). Answers read on /dev/kvm alone
+ * (scope 'system': no default VM could be created) do not count as the VM's.
+ */
 export function missing(requirement: Requirement, kvm: Kvm, caps: Capabilities): string | undefined {
+  const onVm = caps.scope !== 'system';
   switch (requirement) {
     case 'guest_memfd':
-      return caps.guestMemfd ? undefined : 'requires KVM_CAP_GUEST_MEMFD';
+      return onVm && caps.guestMemfd ? undefined : 'requires KVM_CAP_GUEST_MEMFD on a default VM';
     case 'mmap':
-      return caps.guestMemfdFlags.mmap ? undefined : 'requires GUEST_MEMFD_FLAG_MMAP';
+      return onVm && caps.guestMemfdFlags.mmap ? undefined : 'requires GUEST_MEMFD_FLAG_MMAP on a default VM';
     case 'init_shared':
-      return caps.guestMemfdFlags.initShared ? undefined : 'requires GUEST_MEMFD_FLAG_INIT_SHARED';
+      return onVm && caps.guestMemfdFlags.initShared ? undefined : 'requires GUEST_MEMFD_FLAG_INIT_SHARED on a default VM';
     case 'sw_protected_vm':
       return caps.vmTypes.includes('sw-protected') ? undefined : 'requires KVM_X86_SW_PROTECTED_VM';
     case 'guest_execution':

@@ -37,7 +37,9 @@ function fuzz(backend: string) {
   // Every failure is one of the library's clear errors.
   expect(counts.others, 'errors that are not KvmError/TypeError/RangeError').toEqual([]);
   // The hostile shapes ran: getters with side effects inside calls, and listeners called back.
-  if (CALLS >= 10_000) expect([counts.effectsRun > 0, counts.listenerCalls > 0], 'effects run, listener calls').toEqual([true, true]);
+  // (Events, and so listener calls, need gmem slots: a kernel without guest_memfd on default
+  // VMs, like 6.12, has none to invalidate.)
+  if (CALLS >= 10_000) expect([counts.effectsRun > 0, counts.listenerCalls > 0], 'effects run, listener calls').toEqual([true, counts.gmemSlots]);
   return counts;
 }
 

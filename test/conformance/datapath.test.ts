@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from 'vitest';
 import type { InvalidateEvent, Vm } from '../../lib/index.js';
-import { expectCode, GiB, MiB, PAGE, unavailable, eachVm } from '../helpers.js';
+import { expectCode, GiB, MiB, noGmem, noSharedGmem, PAGE, skipped, unavailable, eachVm } from '../helpers.js';
 
 describe.skipIf(unavailable)('data path', () => {
   let vm: Vm;
@@ -13,7 +13,9 @@ describe.skipIf(unavailable)('data path', () => {
     vm = v;
   });
 
-  test('write through the Mapping, read at the guest address; punch-hole zeroes', () => {
+  // Host-accessible gmems (mmap + initShared) bound to slots on a default VM, except the reviewed
+  // case, whose gmem the host never touches.
+  test.skipIf(noSharedGmem)(`write through the Mapping, read at the guest address; punch-hole zeroes${skipped(noSharedGmem)}`, () => {
     using gmem = vm.createGuestMemfd({ size: 4n * MiB, mmap: true, initShared: true });
     using map = gmem.map();
     using slot = vm.memslots.add({ guestPhysAddr: GiB, size: 4n * MiB, guestMemfd: gmem, userspace: map });
@@ -36,7 +38,7 @@ describe.skipIf(unavailable)('data path', () => {
     expect([...vm.memory.read(GiB + 3n * MiB, 3)]).toEqual([1, 2, 3]); // outside the hole
   });
 
-  test("a slot without `userspace` on an mmap+initShared gmem uses the gmem's own mapping at its offset", () => {
+  test.skipIf(noSharedGmem)(`a slot without \`userspace\` on an mmap+initShared gmem uses the gmem's own mapping at its offset${skipped(noSharedGmem)}`, () => {
     using gmem = vm.createGuestMemfd({ size: 8n * MiB, mmap: true, initShared: true });
     using a = vm.memslots.add({ guestPhysAddr: 0n, size: 2n * MiB, guestMemfd: gmem, guestMemfdOffset: 0n });
     const b = vm.memslots.add({ guestPhysAddr: 4n * GiB, size: 2n * MiB, guestMemfd: gmem, guestMemfdOffset: 6n * MiB });
@@ -54,7 +56,7 @@ describe.skipIf(unavailable)('data path', () => {
     expect(own.closed).toBe(true);
   });
 
-  test('two slots on one gmem, a hole between them: both translations and their data', () => {
+  test.skipIf(noSharedGmem)(`two slots on one gmem, a hole between them: both translations and their data${skipped(noSharedGmem)}`, () => {
     using gmem = vm.createGuestMemfd({ size: 4n * MiB, mmap: true, initShared: true });
     using lo = vm.memslots.add({ guestPhysAddr: 0n, size: MiB, guestMemfd: gmem, guestMemfdOffset: 0n });
     using hi = vm.memslots.add({ guestPhysAddr: 4n * GiB, size: 2n * MiB, guestMemfd: gmem, guestMemfdOffset: 2n * MiB });
@@ -71,7 +73,7 @@ describe.skipIf(unavailable)('data path', () => {
     expectCode(() => vm.memory.read(2n * MiB, 1), 'EFAULT'); // no slot there
   });
 
-  test('the reviewed case: one gmem, slots at offsets 0, 1 GiB, 3 GiB; punch [512 MiB, 3.5 GiB)', () => {
+  test.skipIf(noGmem)(`the reviewed case: one gmem, slots at offsets 0, 1 GiB, 3 GiB; punch [512 MiB, 3.5 GiB)${skipped(noGmem)}`, () => {
     using gmem = vm.createGuestMemfd({ size: 4n * GiB });
     const s0 = vm.memslots.add({ guestPhysAddr: 0n, size: GiB, guestMemfd: gmem, guestMemfdOffset: 0n });
     const s1 = vm.memslots.add({ guestPhysAddr: 4n * GiB, size: 2n * GiB, guestMemfd: gmem, guestMemfdOffset: GiB });
@@ -85,7 +87,7 @@ describe.skipIf(unavailable)('data path', () => {
     ]);
   });
 
-  test('a Mapping that is a live slot\'s memory cannot be unmapped until the slot is deleted', () => {
+  test.skipIf(noSharedGmem)(`a Mapping that is a live slot's memory cannot be unmapped until the slot is deleted${skipped(noSharedGmem)}`, () => {
     using gmem = vm.createGuestMemfd({ size: 2n * MiB, mmap: true, initShared: true });
     const map = gmem.map();
     const slot = vm.memslots.add({ guestPhysAddr: 0n, size: 2n * MiB, guestMemfd: gmem, userspace: map });
@@ -100,7 +102,7 @@ describe.skipIf(unavailable)('data path', () => {
     expect(map.closed).toBe(true);
   });
 
-  test('a mapping too small for the slot is refused before the kernel is asked', () => {
+  test.skipIf(noSharedGmem)(`a mapping too small for the slot is refused before the kernel is asked${skipped(noSharedGmem)}`, () => {
     using gmem = vm.createGuestMemfd({ size: 4n * MiB, mmap: true, initShared: true });
     using small = gmem.map({ length: MiB });
     expect(() => vm.memslots.add({ guestPhysAddr: 0n, size: 2n * MiB, guestMemfd: gmem, userspace: small })).toThrow(RangeError);

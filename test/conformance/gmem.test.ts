@@ -4,9 +4,13 @@
  */
 import { describe, expect, test } from 'vitest';
 import { constants, KvmError, type Kvm, type Vm } from '../../lib/index.js';
-import { expectCode, isCloexec, MiB, PAGE, simulated, unavailable, eachVm } from '../helpers.js';
+import { eachVm, expectCode, isCloexec, MiB, noMmapGmem, noOsFds, noSharedGmem, PAGE, skipped, unavailable, vmCaps } from '../helpers.js';
 
 const { Falloc } = constants;
+
+/** Why a gmem with GUEST_MEMFD_FLAG_INIT_SHARED alone cannot be created here (undefined when it can). */
+const noInitShared =
+  vmCaps && !vmCaps.guestMemfdFlags.initShared ? 'requires guest_memfd INIT_SHARED on default VMs (KVM_CAP_GUEST_MEMFD_FLAGS on the VM: Linux 6.18+)' : undefined;
 
 describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'})`, () => {
   let kvm: Kvm;
@@ -45,7 +49,7 @@ describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'}
     expect(b.stat().ino).not.toBe(sa.ino);
   });
 
-  test.skipIf(simulated)('every fd the addon returns is FD_CLOEXEC (the kernel leaves gmem fds without it)', () => {
+  test.skipIf(noOsFds)(`every fd the addon returns is FD_CLOEXEC (the kernel leaves gmem fds without it)${skipped(noOsFds)}`, () => {
     using g = vm.createGuestMemfd({ size: PAGE });
     using v = vm.createVcpu(0);
     for (const fd of [kvm.fd, vm.fd, g.fd, v.fd]) expect(isCloexec(fd), `fd ${fd}`).toBe(true);
@@ -97,22 +101,25 @@ describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'}
     test('a gmem without GUEST_MEMFD_FLAG_MMAP cannot be mapped: ENODEV', () => {
       using g = vm.createGuestMemfd({ size: PAGE });
       expectCode(() => g.map(), 'ENODEV');
+    });
+
+    test.skipIf(noInitShared)(`nor one with GUEST_MEMFD_FLAG_INIT_SHARED but without MMAP: ENODEV${skipped(noInitShared)}`, () => {
       using s = vm.createGuestMemfd({ size: PAGE, flags: constants.GuestMemfdFlag.INIT_SHARED });
       expectCode(() => s.map(), 'ENODEV');
     });
 
-    test('MAP_PRIVATE is refused: EINVAL', () => {
+    test.skipIf(noSharedGmem)(`MAP_PRIVATE is refused: EINVAL${skipped(noSharedGmem)}`, () => {
       using g = vm.createGuestMemfd({ size: PAGE, mmap: true, initShared: true });
       expectCode(() => kvm.raw.mmap(g.fd, PAGE, 0, 3, constants.MapFlag.PRIVATE), 'EINVAL');
     });
 
-    test('without initShared the library refuses a view that would SIGBUS', () => {
+    test.skipIf(noMmapGmem)(`without initShared the library refuses a view that would SIGBUS${skipped(noMmapGmem)}`, () => {
       using g = vm.createGuestMemfd({ size: PAGE, mmap: true });
       const e = expectCode(() => g.map(), 'EFAULT');
       expect(e.message).toMatch(/initShared/);
     });
 
-    test('no view past EOF', () => {
+    test.skipIf(noSharedGmem)(`no view past EOF${skipped(noSharedGmem)}`, () => {
       using g = vm.createGuestMemfd({ size: 4n * PAGE, mmap: true, initShared: true });
       expect(() => g.map({ length: 5n * PAGE })).toThrow(RangeError);
       expect(() => g.map({ offset: 3n * PAGE, length: 2n * PAGE })).toThrow(RangeError);
@@ -121,7 +128,7 @@ describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'}
       expect(() => m.view(0, 3n * PAGE + 1n)).toThrow(RangeError);
     });
 
-    test('writes are visible in other mappings; punch-hole zeroes the range in both', () => {
+    test.skipIf(noSharedGmem)(`writes are visible in other mappings; punch-hole zeroes the range in both${skipped(noSharedGmem)}`, () => {
       using g = vm.createGuestMemfd({ size: 4n * PAGE, mmap: true, initShared: true });
       using a = g.map();
       using b = g.map({ offset: PAGE, length: PAGE });
@@ -134,7 +141,7 @@ describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'}
       expect(a.bytes[2 * Number(PAGE)]).toBe(0xaa);
     });
 
-    test('unmapping detaches every view', () => {
+    test.skipIf(noSharedGmem)(`unmapping detaches every view${skipped(noSharedGmem)}`, () => {
       using g = vm.createGuestMemfd({ size: PAGE, mmap: true, initShared: true });
       const m = g.map();
       const whole = m.bytes;
@@ -160,7 +167,7 @@ describe.skipIf(unavailable)(`guest_memfd (${unavailable ?? 'backend available'}
     expectCode(() => kvm.raw.createGuestMemfd(kvm.fd, PAGE, 0), 'EINVAL');
   });
 
-  test('reserved fields and sizes up to 1 TiB: the VM stays usable', () => {
+  test.skipIf(noSharedGmem)(`reserved fields and sizes up to 1 TiB: the VM stays usable${skipped(noSharedGmem)}`, () => {
     using g = vm.createGuestMemfd({ size: 1n << 40n, mmap: true, initShared: true });
     using m = g.map({ offset: (1n << 40n) - MiB, length: MiB });
     m.view(0, 8).set([1, 2, 3, 4, 5, 6, 7, 8]);

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { constants, type Kvm, type raw as rawNs } from '../../lib/index.js';
-import { expectCode, MiB, open, PAGE, unavailable } from '../helpers.js';
+import { expectCode, MiB, noGmem, open, PAGE, skipped, unavailable } from '../helpers.js';
 
 const { MemFlag, Falloc, Cap, VmType } = constants;
 type Raw = rawNs.RawBackend;
@@ -27,10 +27,11 @@ describe.skipIf(unavailable)('raw kernel rules', () => {
     kvm.close();
   });
 
+  // Binding a gmem (KVM_MEM_GUEST_MEMFD) on a default VM needs guest_memfd there (noGmem).
   const gmemSlot = (fd: number, o: Partial<rawNs.RawRegion2> = {}) =>
     raw.setUserMemoryRegion2(vm, { slot: 0, flags: MemFlag.GUEST_MEMFD, guestPhysAddr: 0, memorySize: 2n * MiB, guestMemfd: fd, guestMemfdOffset: 0, ...o });
 
-  test('guestMemfd that is not an open file: EBADF; /dev/kvm, a VM, a regular file: EINVAL', () => {
+  test.skipIf(noGmem)(`guestMemfd that is not an open file: EBADF; /dev/kvm, a VM, a regular file: EINVAL${skipped(noGmem)}`, () => {
     expectCode(() => gmemSlot(99999), 'EBADF');
     expectCode(() => gmemSlot(kvm.fd), 'EINVAL');
     expectCode(() => gmemSlot(vm), 'EINVAL');
@@ -43,7 +44,7 @@ describe.skipIf(unavailable)('raw kernel rules', () => {
     }
   });
 
-  test('GPA overlap is checked before the gmem fd: EEXIST even with a bad fd', () => {
+  test.skipIf(noGmem)(`GPA overlap is checked before the gmem fd: EEXIST even with a bad fd${skipped(noGmem)}`, () => {
     const g = raw.createGuestMemfd(vm, 4n * MiB, 0);
     try {
       gmemSlot(g);
@@ -55,7 +56,7 @@ describe.skipIf(unavailable)('raw kernel rules', () => {
     }
   });
 
-  test('a slot survives its gmem fd being closed, and can still be deleted; a closed fd number cannot be bound', () => {
+  test.skipIf(noGmem)(`a slot survives its gmem fd being closed, and can still be deleted; a closed fd number cannot be bound${skipped(noGmem)}`, () => {
     const g = raw.createGuestMemfd(vm, 2n * MiB, 0);
     gmemSlot(g);
     raw.close(g);
@@ -63,7 +64,7 @@ describe.skipIf(unavailable)('raw kernel rules', () => {
     raw.setUserMemoryRegion2(vm, { slot: 0, guestPhysAddr: 0, memorySize: 0 });
   });
 
-  test('a gmem keeps its VM alive: after the VM fd closes, fallocate still works', () => {
+  test.skipIf(noGmem)(`a gmem keeps its VM alive: after the VM fd closes, fallocate still works${skipped(noGmem)}`, () => {
     const v2 = raw.createVm(kvm.fd, 0);
     const g = raw.createGuestMemfd(v2, 2n * MiB, 0);
     raw.setUserMemoryRegion2(v2, { slot: 0, flags: MemFlag.GUEST_MEMFD, guestPhysAddr: 0, memorySize: 2n * MiB, guestMemfd: g });

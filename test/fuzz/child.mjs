@@ -20,13 +20,21 @@ const kvm = openKvm({ backend: backendArg });
 const raw = kvm.raw;
 const MiB = 1 << 20;
 
+// Where default VMs have host-accessible gmems (mmap + initShared: 6.18 and later), the
+// targets are gmem mappings and gmem slots; else (6.12: no guest_memfd slots on default VMs,
+// gmems only without flags) shared memory stands in for both.
+const caps = kvm.capabilities();
+const sharedGmem = caps.guestMemfd && caps.guestMemfdFlags.mmap && caps.guestMemfdFlags.initShared;
+const makeGmem = (v, size) => (sharedGmem ? v.createGuestMemfd({ size, mmap: true, initShared: true }) : v.createGuestMemfd({ size }));
+const makeMap = (v, g, length) => (sharedGmem ? g.map({ length }) : v.createSharedMemory({ size: length }));
+
 // Live objects to aim at (some closed on purpose).
 const vm = kvm.createVm();
-const gmem = vm.createGuestMemfd({ size: 2 * MiB, mmap: true, initShared: true });
-const map = gmem.map();
+const gmem = makeGmem(vm, 2 * MiB);
+const map = makeMap(vm, gmem, 2 * MiB);
 const closedGmem = vm.createGuestMemfd({ size: 4096 });
 closedGmem.close();
-const closedMap = gmem.map({ length: 4096 });
+const closedMap = makeMap(vm, gmem, 4096);
 closedMap.close();
 
 // Victims: a VM with a gmem, mappings, slots and a vCPU, renewed every batch, that the
@@ -51,10 +59,10 @@ const victimKvm = openKvm({ backend: backendArg });
 function renewVictims() {
   if (victims) tolerate(() => victims.vm.close());
   const v = victimKvm.createVm();
-  const g = v.createGuestMemfd({ size: 2 * MiB, mmap: true, initShared: true });
-  const m = g.map({ length: MiB });
+  const g = makeGmem(v, 2 * MiB);
+  const m = makeMap(v, g, MiB);
   const shared = v.createSharedMemory({ size: MiB, memfd: true });
-  const slot = v.memslots.add({ guestPhysAddr: 0, size: MiB, guestMemfd: g });
+  const slot = v.memslots.add(sharedGmem ? { guestPhysAddr: 0, size: MiB, guestMemfd: g } : { guestPhysAddr: 0, size: MiB, userspace: m });
   const slot2 = v.memslots.add({ guestPhysAddr: 16 * MiB, size: MiB, userspace: shared });
   const vcpu = v.createVcpu(0);
   let depth = 0;
@@ -363,4 +371,4 @@ channel.port1.close();
 await new Promise((resolve) => setImmediate(resolve));
 ftruncateSync(lastFd, writeSync(lastFd, 'done\n', 0));
 closeSync(lastFd);
-console.log(JSON.stringify({ ...counts, listenerCalls, effectsRun, others: [...others].map(([k, d]) => `${k}  <- ${d}`) }));
+console.log(JSON.stringify({ ...counts, listenerCalls, effectsRun, gmemSlots: sharedGmem, others: [...others].map(([k, d]) => `${k}  <- ${d}`) }));

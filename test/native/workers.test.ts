@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { expect, test } from 'vitest';
-import { fdCount, kvmUnavailable, mapCount } from '../helpers.js';
+import { fdCount, kvmUnavailable, mapCount, noSharedGmem, skipped } from '../helpers.js';
 
 const dist = path.resolve(import.meta.dirname, '..', '..', 'dist', 'index.js');
 
@@ -22,7 +22,10 @@ function runWorker(code: string, data: unknown): Promise<unknown> {
   });
 }
 
-test.skipIf(kvmUnavailable)('4 workers x 1,000 operations each: correct and leak-free', async () => {
+// (The workers create, bind and map mmap + initShared gmems.)
+const workersSkip = kvmUnavailable ?? noSharedGmem;
+
+test.skipIf(workersSkip)(`4 workers x 1,000 operations each: correct and leak-free${skipped(noSharedGmem)}`, async () => {
   const base = { fds: fdCount(), maps: mapCount() };
   const code = `
     const { openKvm } = lib;
@@ -52,7 +55,7 @@ test.skipIf(kvmUnavailable)('4 workers x 1,000 operations each: correct and leak
   expect({ fds: fdCount(), maps: mapCount() }).toEqual(base);
 });
 
-test.skipIf(kvmUnavailable)("a worker that exits without closing: its fds and mappings are released by the addon's cleanup hook", async () => {
+test.skipIf(workersSkip)(`a worker that exits without closing: its fds and mappings are released by the addon's cleanup hook${skipped(noSharedGmem)}`, async () => {
   const base = { fds: fdCount(), maps: mapCount() };
   const code = `
     const kvm = lib.openKvm({ backend: 'kvm' });
