@@ -287,14 +287,24 @@ export class Vcpu {
    * KVM_PRE_FAULT_MEMORY: maps [gpa, gpa + size) into the guest ahead of its accesses.
    * Returns the part not yet mapped ({ size: 0n } when all was); throws when no page was
    * (ENOENT where no memslot is, EFAULT where the page has no memory the kernel can fault
-   * in, EOPNOTSUPP where the host cannot pre-fault).
+   * in, EOPNOTSUPP where the host cannot pre-fault, EINTR when the kernel mapped nothing for
+   * 2 s: Linux 6.12 loops there once a memslot was deleted after this vCPU's first pre-fault,
+   * until the vCPU runs, and the call is interrupted rather than block the thread forever).
    *
    * @property __type.gpa Where the part not yet mapped starts.
    * @property __type.size Bytes not yet mapped.
    */
   preFaultMemory(gpa: U64, size: U64): { gpa: bigint; size: bigint } {
     const fd = this.fd;
-    return this.#ctx.raw.preFaultMemory(fd, { gpa: toU64(gpa, 'gpa'), size: toU64(size, 'size'), flags: 0n });
+    try {
+      return this.#ctx.raw.preFaultMemory(fd, { gpa: toU64(gpa, 'gpa'), size: toU64(size, 'size'), flags: 0n });
+    } catch (e) {
+      if (!(e instanceof KvmError) || e.code !== 'EINTR') throw e;
+      throw new KvmError(
+        `KVM_PRE_FAULT_MEMORY: no page mapped within the raw layer's watchdog (EINTR): the kernel retries a fault it cannot finish (Linux 6.12 does on an MMU root made obsolete by a memslot deletion, until vCPU ${this.id} runs)`,
+        { errno: e.errno, code: 'EINTR', syscall: 'ioctl', request: 'KVM_PRE_FAULT_MEMORY', cause: e },
+      );
+    }
   }
 
   /** Kicks a running vCPU out of KVM_RUN (its run() resolves 'canceled'); a no-op when none

@@ -17,12 +17,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -240,8 +242,51 @@ napi_value SetMemoryAttributes(napi_env env, napi_callback_info info) {
   return sys::Ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &m) < 0 ? Fail(a, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES") : Undefined(env);
 }
 
-// preFaultMemory(vcpuFd, { gpa, size, flags }): { gpa, size } as the kernel left them (the
-// range not yet faulted in). Throws on error, as the ioctl does when no page was mapped.
+// A one-shot timer that sends this thread the kick signal after `ms`: KVM_PRE_FAULT_MEMORY
+// checks for signals between its page faults, so a call that makes no progress returns
+// EINTR instead of blocking the thread forever (Linux 6.12 retries a fault on a stale MMU
+// root without end once a memslot was deleted).
+class Watchdog {
+ public:
+  explicit Watchdog(uint32_t ms) : ms_(ms) {
+    if (ms == 0) return;
+    InstallKickHandler();
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = KickSignal();
+    sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
+    armed_ = timer_create(CLOCK_MONOTONIC, &sev, &timer_) == 0;
+  }
+  ~Watchdog() {
+    if (armed_) timer_delete(timer_);
+  }
+  void Start() {
+    if (!armed_) return;
+    struct itimerspec t = {};
+    t.it_value.tv_sec = ms_ / 1000;
+    t.it_value.tv_nsec = static_cast<long>(ms_ % 1000) * 1000000L;
+    timer_settime(timer_, 0, &t, nullptr);
+  }
+  // Whether the timer went off since Start() (it is disarmed either way).
+  bool Fired() {
+    if (!armed_) return false;
+    struct itimerspec left = {}, zero = {};
+    timer_settime(timer_, 0, &zero, &left);
+    return left.it_value.tv_sec == 0 && left.it_value.tv_nsec == 0;
+  }
+
+ private:
+  uint32_t ms_;
+  timer_t timer_{};
+  bool armed_ = false;
+};
+
+// preFaultMemory(vcpuFd, { gpa, size, flags, watchdogMs }): { gpa, size } as the kernel left
+// them (the range not yet faulted in). Throws on error, as the ioctl does when no page was
+// mapped. `watchdogMs` (default 2000, 0: none): the longest the kernel may go without
+// mapping a page; then the call is interrupted and fails with EINTR. Interruptions by the
+// watchdog after progress, or by other signals before it, are retried.
 napi_value PreFaultMemory(napi_env env, napi_callback_info info) {
   Args a(env, info);
   kvm_pre_fault_memory p = {};
@@ -250,8 +295,19 @@ napi_value PreFaultMemory(napi_env env, napi_callback_info info) {
   p.gpa = a.Uint64Prop(o, "gpa", true);
   p.size = a.Uint64Prop(o, "size", true);
   p.flags = a.Uint64Prop(o, "flags", false);
+  uint32_t watchdogMs = a.Uint32PropOr(o, "watchdogMs", 2000);
   if (!a.Done()) return nullptr;
-  if (sys::Ioctl(fd, KVM_PRE_FAULT_MEMORY, &p) < 0) return Fail(a, "ioctl", "KVM_PRE_FAULT_MEMORY");
+  Watchdog dog(watchdogMs);
+  int r;
+  for (;;) {
+    dog.Start();
+    r = sys::Ioctl(fd, KVM_PRE_FAULT_MEMORY, &p);
+    bool fired = dog.Fired();
+    if (r == 0 && p.size != 0 && fired) continue;  // progress, cut short by the watchdog: go on
+    if (r < 0 && errno == EINTR && !fired) continue;  // another signal, before the watchdog
+    break;
+  }
+  if (r < 0) return Fail(a, "ioctl", "KVM_PRE_FAULT_MEMORY");
   napi_value out;
   napi_create_object(env, &out);
   napi_set_named_property(env, out, "gpa", BigU64(env, p.gpa));

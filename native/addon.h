@@ -87,6 +87,11 @@ inline Mapping* FindMapping(Registry* registry, uint64_t addr) {
 // Kicks every vCPU thread of the registry out of KVM_RUN and waits until each has left it.
 void StopRuns(Registry* registry);
 
+// The signal that kicks a thread out of a KVM ioctl (a no-op handler without SA_RESTART, so
+// the ioctl returns EINTR), and its installation (once per process).
+int KickSignal();
+void InstallKickHandler();
+
 // Per-environment addon instance (no mutable static state: safe in worker_threads).
 class Addon : public Napi::Addon<Addon> {
  public:

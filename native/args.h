@@ -82,6 +82,10 @@ class Args {
     napi_value v = Prop(o, key, required);
     return v ? static_cast<uint32_t>(Integer(v, key, 0, UINT32_MAX)) : 0;
   }
+  uint32_t Uint32PropOr(napi_value o, const char* key, uint32_t absent) {
+    napi_value v = Prop(o, key, false);
+    return v ? static_cast<uint32_t>(Integer(v, key, 0, UINT32_MAX)) : absent;
+  }
   uint64_t Uint64Prop(napi_value o, const char* key, bool required) {
     napi_value v = Prop(o, key, required);
     return v ? Uint64Of(v, key) : 0;

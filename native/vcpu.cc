@@ -41,9 +41,11 @@ namespace {
 
 constexpr napi_type_tag kRunTag = {0x6b766d2d676d656dULL, 0x72756e6e696e6721ULL};
 
-int KickSignal() { return SIGRTMIN + 5; }
-
 void NoopHandler(int) {}
+
+}  // namespace
+
+int KickSignal() { return SIGRTMIN + 5; }
 
 // Installs the kick signal's handler once per process (signal dispositions are per process).
 void InstallKickHandler() {
@@ -56,6 +58,8 @@ void InstallKickHandler() {
     sigaction(KickSignal(), &sa, nullptr);
   });
 }
+
+namespace {
 
 void KickLocked(RunState* s) {
   s->run[kRunImmediateExit] = 1;

@@ -53,6 +53,12 @@ export interface RawPreFault {
   size: U64;
   /** Must be 0. */
   flags?: U64;
+  /**
+   * Not the kernel's: the longest the call may go without the kernel mapping a page, in ms
+   * (default 2000; 0: wait forever). Then it is interrupted and fails with EINTR, where a
+   * kernel would otherwise loop (6.12 after a memslot deletion, until the vCPU runs).
+   */
+  watchdogMs?: number;
 }
 
 /** What fstat(2) reports of a file, the fields the library reads. */

@@ -10,13 +10,19 @@ export type FallocateTarget = { kind: 'gmem' | 'shmem'; size: bigint } | { kind:
 
 const FALLOC_SUPPORTED = Falloc.KEEP_SIZE | Falloc.PUNCH_HOLE | Falloc.COLLAPSE_RANGE | Falloc.ZERO_RANGE | Falloc.INSERT_RANGE | Falloc.UNSHARE_RANGE | Falloc.WRITE_ZEROES;
 
+/** What differs between kernels: `writeZeroes` false where fallocate does not know
+ * FALLOC_FL_WRITE_ZEROES (before 6.17: 6.12 answers EOPNOTSUPP for it). */
+export interface FallocateHost {
+  writeZeroes?: boolean | undefined;
+}
+
 /** fallocate: vfs_fallocate's checks, then kvm_gmem_fallocate's (6.18). offset/length are u64 (loff_t in the kernel). */
-export function checkFallocate(mode: number, offset: bigint, length: bigint, file: FallocateTarget, pageSize: bigint): Violation | undefined {
+export function checkFallocate(mode: number, offset: bigint, length: bigint, file: FallocateTarget, pageSize: bigint, host: FallocateHost = {}): Violation | undefined {
   const off = offset > LOFF_MAX ? offset - (1n << 64n) : offset;
   const len = length > LOFF_MAX ? length - (1n << 64n) : length;
   // vfs_fallocate
   if (off < 0n || len <= 0n) return { rule: 'fallocate.range', code: 'EINVAL', message: `offset ${off} / length ${len}: offset must be >= 0 and length > 0` };
-  if (mode & ~FALLOC_SUPPORTED) return { rule: 'fallocate.mode', code: 'EOPNOTSUPP', message: `mode ${hex(mode)} has bits fallocate does not know` };
+  if (mode & ~(host.writeZeroes === false ? FALLOC_SUPPORTED & ~Falloc.WRITE_ZEROES : FALLOC_SUPPORTED)) return { rule: 'fallocate.mode', code: 'EOPNOTSUPP', message: `mode ${hex(mode)} has bits fallocate does not know` };
   const op = mode & ~Falloc.KEEP_SIZE;
   const keep = (mode & Falloc.KEEP_SIZE) !== 0;
   if (op & (op - 1)) return { rule: 'fallocate.mode', code: 'EOPNOTSUPP', message: `mode ${hex(mode)} combines operations` };

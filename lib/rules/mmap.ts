@@ -9,6 +9,12 @@ import type { Violation } from './types.js';
  * a noexec mount). gmem and vCPU fds are anon inodes too: noexec. */
 export type MmapTarget = { kind: 'gmem'; flags: bigint } | { kind: 'vcpu' } | { kind: 'shmem' } | { kind: 'anonymous' } | { kind: 'no-mmap'; noexec: boolean };
 
+/** What differs between kernels: `anonInodeExec`, anon inodes (KVM's VM, vCPU and gmem fds)
+ * may be mapped PROT_EXEC (6.12; later kernels mount them noexec: EPERM). */
+export interface MmapHost {
+  anonInodeExec?: boolean | undefined;
+}
+
 const MAP_TYPE = 0x0f;
 const MAP_HUGETLB = 0x40000;
 /** LEGACY_MAP_MASK: the flags MAP_SHARED_VALIDATE accepts without asking the file. */
@@ -18,7 +24,7 @@ const LEGACY_MAP_MASK = 0x01 | 0x02 | 0x10 | 0x20 | 0x0800 | 0x1000 | 0x4000000 
  * mmap (sys_mmap -> do_mmap -> the file's mmap), in the kernel's order. `userSpan` is the
  * address space an mmap can get (TASK_SIZE less mmap_min_addr).
  */
-export function checkMmapCall(length: bigint, offset: bigint, prot: number, flags: number, target: MmapTarget, pageSize: bigint, userSpan: bigint): Violation | undefined {
+export function checkMmapCall(length: bigint, offset: bigint, prot: number, flags: number, target: MmapTarget, pageSize: bigint, userSpan: bigint, host: MmapHost = {}): Violation | undefined {
   const fail = (rule: string, code: Violation['code'], message: string): Violation => ({ rule: `mmap.${rule}`, code, message });
   if (offset % pageSize !== 0n) return fail('offset-align', 'EINVAL', `offset ${hex(offset)} is not page-aligned`);
   if (flags & MAP_HUGETLB) return fail('hugetlb', 'EINVAL', 'MAP_HUGETLB needs a hugetlbfs file');
@@ -33,7 +39,8 @@ export function checkMmapCall(length: bigint, offset: bigint, prot: number, flag
   const type = flags & MAP_TYPE;
   if (type !== MapFlag.SHARED && type !== MapFlag.PRIVATE && type !== MapFlag.SHARED_VALIDATE) return fail('type', 'EINVAL', `map type ${hex(type)} is not MAP_SHARED or MAP_PRIVATE`);
   if (type === MapFlag.SHARED_VALIDATE && flags & ~LEGACY_MAP_MASK) return fail('validate', 'EOPNOTSUPP', `flags ${hex(flags & ~LEGACY_MAP_MASK)} are not supported by this file`);
-  if (prot & Prot.EXEC && (target.kind === 'gmem' || target.kind === 'vcpu' || (target.kind === 'no-mmap' && target.noexec))) {
+  const anonInode = target.kind === 'gmem' || target.kind === 'vcpu' || (target.kind === 'no-mmap' && target.noexec);
+  if (prot & Prot.EXEC && anonInode && !host.anonInodeExec) {
     return fail('exec', 'EPERM', 'the file is on a noexec mount: no PROT_EXEC');
   }
   if (target.kind === 'no-mmap') return fail('no-mmap', 'ENODEV', 'this file cannot be mapped');

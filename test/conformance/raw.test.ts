@@ -112,6 +112,33 @@ describe.skipIf(unavailable)('raw kernel rules', () => {
     }
   });
 
+  test('KVM_PRE_FAULT_MEMORY after a memslot deletion: the kernel answers (ENOENT), or, where it loops on the stale MMU root (6.12), the watchdog interrupts it (EINTR) and the profile says so', (ctx) => {
+    if (!raw.checkExtension(vm, Cap.PRE_FAULT_MEMORY)) return ctx.skip('requires KVM_CAP_PRE_FAULT_MEMORY');
+    const loops = kvm.profile().preFaultStaleRoot === 'loops';
+    raw.setUserMemoryRegion(vm, { slot: 0, guestPhysAddr: 0n, memorySize: PAGE, userspaceAddr: 0n });
+    const cpu = raw.createVcpu(vm, 0);
+    try {
+      expectCode(() => raw.preFaultMemory(cpu, { gpa: MiB, size: PAGE }), 'ENOENT'); // (the vCPU's root is loaded)
+      raw.setUserMemoryRegion(vm, { slot: 0, guestPhysAddr: 0n, memorySize: 0n });
+      const t0 = performance.now();
+      expectCode(() => raw.preFaultMemory(cpu, { gpa: MiB, size: PAGE, watchdogMs: 500 }), loops ? 'EINTR' : 'ENOENT');
+      // Interrupted, not blocked: within the watchdog plus slack for an emulated host.
+      expect(performance.now() - t0).toBeLessThan(30_000);
+      // The typed layer says what happened.
+      if (loops && kvm.backend === 'kvm') {
+        using v = kvm.createVm();
+        using shared = v.createSharedMemory({ size: PAGE });
+        const s = v.memslots.add({ guestPhysAddr: 0n, size: PAGE, userspace: shared });
+        using c = v.createVcpu(0);
+        c.preFaultMemory(0n, PAGE);
+        s.delete();
+        expect(() => c.preFaultMemory(0n, PAGE)).toThrow(/no page mapped within the raw layer's watchdog \(EINTR\).*until vCPU 0 runs/);
+      }
+    } finally {
+      raw.close(cpu);
+    }
+  });
+
   test('KVM_SET_MEMORY_ATTRIBUTES without the capability: ENOTTY whatever the arguments', (ctx) => {
     ctx.skip(raw.checkExtension(kvm.fd, Cap.MEMORY_ATTRIBUTES) !== 0, 'host has memory attributes');
     expectCode(() => raw.setMemoryAttributes(vm, { address: 0, size: PAGE, attributes: 8 }), 'ENOTTY');

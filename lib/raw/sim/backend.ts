@@ -53,6 +53,8 @@ class SimVm {
   everHadSlot = false;
   /** KVM_CAP_EXIT_HYPERCALL: the hypercalls that exit to userspace. */
   hypercallExits = 0n;
+  /** Memslot deletions so far: each makes the MMU roots the vCPUs hold obsolete. */
+  rootGeneration = 0;
   /** References: the VM fd, each gmem file, each vCPU (kvm_get_kvm). */
   refs = 1;
   constructor(readonly type: number) {}
@@ -88,6 +90,8 @@ class SimVcpu {
   run: FileStore | undefined;
   /** References: the fd and each mapping of the run area (a VMA holds the file). */
   refs = 1;
+  /** The VM's rootGeneration when this vCPU's MMU root was loaded (its first pre-fault). */
+  rootGeneration: number | undefined;
   constructor(readonly vm: SimVm, readonly id: number) {
     // The APIC's BSP bit is set for vCPU 0 only (KVM's default bsp_vcpu_id).
     this.sregs = encodeSregs(id === 0 ? RESET_SREGS : { ...RESET_SREGS, apicBase: RESET_SREGS.apicBase & ~APIC_BASE_BSP });
@@ -339,7 +343,7 @@ export class SimBackend implements RawBackend {
     const len = toU64(length, 'length');
     const o = this.#get(fd, { syscall: 'fallocate' });
     const target: FallocateTarget = o.kind === 'gmem' ? { kind: 'gmem', size: o.file.size } : o.kind === 'memfd' ? { kind: 'shmem', size: o.file.size } : { kind: 'not-regular' };
-    const v = checkFallocate(m, off, len, target, PAGE);
+    const v = checkFallocate(m, off, len, target, PAGE, { writeZeroes: this.profile.fallocateWriteZeroes });
     if (v) throw violationError(v, { syscall: 'fallocate' });
     if (o.kind === 'memfd' && !(m & Falloc.KEEP_SIZE) && off + len > o.file.size) {
       if (o.file.hasStore) o.file.store.resize(Number(off + len));
@@ -374,7 +378,7 @@ export class SimBackend implements RawBackend {
     // An mmap without an address hint is placed below DEFAULT_MAP_WINDOW (47 bits) even where
     // 5-level paging lets memslots name addresses up to 56 bits.
     const window = this.profile.userAddressMax < DEFAULT_MAP_WINDOW ? this.profile.userAddressMax : DEFAULT_MAP_WINDOW;
-    const v = checkMmapCall(len, off, p, fl, target, PAGE, window - MMAP_MIN_ADDR);
+    const v = checkMmapCall(len, off, p, fl, target, PAGE, window - MMAP_MIN_ADDR, { anonInodeExec: this.profile.anonInodeExec });
     if (v) throw violationError(v, where);
     if ((fl & 0x03) === MapFlag.PRIVATE && (o === undefined || o.kind === 'memfd')) {
       throw kvmError('EOPNOTSUPP', where, 'the simulator maps memory MAP_SHARED only (MAP_PRIVATE copy-on-write is not modelled)');
@@ -489,6 +493,7 @@ export class SimBackend implements RawBackend {
         idx.remove(slot!);
         slot!.file?.bindings.remove(slot!);
         vm.slots.delete(key);
+        vm.rootGeneration++;
         return;
       case 'move':
         idx.remove(slot!);
@@ -638,6 +643,15 @@ export class SimBackend implements RawBackend {
       // (The 6.18 PVM host answered ENOSPC until the VM's first memslot.)
       fail(vm.everHadSlot ? 'EOPNOTSUPP' : (this.profile.preFaultWithoutSlots ?? 'EOPNOTSUPP'), where, 'this host cannot pre-fault (no TDP MMU)');
     }
+    // Here the kernel loads the vCPU's MMU root if it has none. A host whose pre-fault loops on
+    // a root made obsolete by a memslot deletion (6.12) never maps a page until the vCPU runs:
+    // the raw layer's watchdog interrupts it (EINTR). The simulator's vCPUs never run.
+    const cpu = o.vcpu;
+    if (cpu.rootGeneration !== undefined && cpu.rootGeneration !== vm.rootGeneration && this.profile.preFaultStaleRoot === 'loops') {
+      fail('EINTR', where, 'no page mapped before the watchdog: this kernel retries a fault on an MMU root made obsolete by a memslot deletion until the vCPU runs (KVM_RUN loads a new root)');
+    }
+    cpu.rootGeneration ??= vm.rootGeneration;
+    if (this.profile.preFaultStaleRoot !== 'loops') cpu.rootGeneration = vm.rootGeneration;
     let gpa = r.gpa;
     let size = r.size;
     while (size > 0n) {

@@ -7,8 +7,8 @@
  * `kvm-gmem caps --json` prints one (also inside the lab, for each kernel the suite runs on),
  * and profiles/ holds those the project measured.
  */
-import type { ErrnoCode } from '../../base/errors.js';
-import { Cap, USER_ADDRESS_MAX, VmType, vmTypeName } from '../../base/uapi.js';
+import { KvmError, type ErrnoCode } from '../../base/errors.js';
+import { Cap, Falloc, MapFlag, Prot, USER_ADDRESS_MAX, VmType, vmTypeName } from '../../base/uapi.js';
 import type { Handle, RawBackend } from '../types.js';
 
 /** KVM_CHECK_EXTENSION answers by capability number; a capability not listed answers 0. */
@@ -45,6 +45,18 @@ export interface SimProfile {
    * bind comes first; 7.3 checks the range before it).
    */
   maxGfnCheck?: 'first' | 'before-bind' | undefined;
+  /**
+   * 'loops' where KVM_PRE_FAULT_MEMORY on a vCPU whose MMU root a memslot deletion made
+   * obsolete retries its fault until a signal (6.12: the root is replaced only by KVM_RUN);
+   * the raw layer's watchdog turns that into EINTR. Absent where the kernel replaces the root.
+   */
+  preFaultStaleRoot?: 'loops' | undefined;
+  /** true where KVM's anon inode fds (VM, vCPU, gmem) may be mapped PROT_EXEC (6.12);
+   * absent where they are noexec (EPERM). */
+  anonInodeExec?: boolean | undefined;
+  /** false where fallocate does not know FALLOC_FL_WRITE_ZEROES (6.12: EOPNOTSUPP);
+   * absent where it does. */
+  fallocateWriteZeroes?: boolean | undefined;
 }
 
 /** Capability numbers a profile measures: every one up to here (the kernel's list ends near 250). */
@@ -154,6 +166,11 @@ export function measureProfile(raw: RawBackend, sysFd: Handle, name: string, rel
         raw.close(cpu);
       }
     }
+    const preFaultStaleRoot = vm[VmType.default]?.[Cap.PRE_FAULT_MEMORY] ? measureStaleRoot(raw, sysFd, page) : undefined;
+    // PROT_EXEC on a vCPU's kvm_run (an anon inode), and FALLOC_FL_WRITE_ZEROES on /dev/kvm
+    // (a known mode reaches the not-a-regular-file check: ENODEV; an unknown one EOPNOTSUPP).
+    const anonInodeExec = measureAnonInodeExec(raw, sysFd, fd);
+    const fallocateWriteZeroes = outcome(() => raw.fallocate(sysFd, Falloc.WRITE_ZEROES, 0, page)) === 'EOPNOTSUPP' ? false : undefined;
     // The highest bit count b for which a page just below 2^b is accepted.
     let guestPhysAddrBits = 32;
     for (let b = 57; b > 32; b--) {
@@ -177,7 +194,47 @@ export function measureProfile(raw: RawBackend, sysFd: Handle, name: string, rel
       ...(preFaultWithoutSlots ? { preFaultWithoutSlots } : {}),
       ...(gmemBoundErrno ? { gmemBoundErrno } : {}),
       ...(maxGfnCheck ? { maxGfnCheck } : {}),
+      ...(preFaultStaleRoot ? { preFaultStaleRoot } : {}),
+      ...(anonInodeExec ? { anonInodeExec } : {}),
+      ...(fallocateWriteZeroes === false ? { fallocateWriteZeroes } : {}),
     };
+  } finally {
+    raw.close(fd);
+  }
+}
+
+/** Whether a vCPU's kvm_run area may be mapped PROT_READ | PROT_EXEC (anon inodes not noexec). */
+function measureAnonInodeExec(raw: RawBackend, sysFd: Handle, vmFd: Handle): true | undefined {
+  const cpu = raw.createVcpu(vmFd, 1);
+  try {
+    const m = raw.mmap(cpu, raw.getVcpuMmapSize(sysFd), 0, Prot.READ | Prot.EXEC, MapFlag.SHARED);
+    raw.munmap(m);
+    return true;
+  } catch (e) {
+    if (!(e instanceof KvmError)) throw e;
+    return undefined;
+  } finally {
+    raw.close(cpu);
+  }
+}
+
+/**
+ * Whether pre-fault loops on an MMU root a memslot deletion made obsolete: a vCPU loads its
+ * root with a pre-fault (ENOENT: no slot there), a slot is deleted, and the next pre-fault
+ * either answers (ENOENT) or is interrupted by a short watchdog (EINTR: 'loops').
+ */
+function measureStaleRoot(raw: RawBackend, sysFd: Handle, page: bigint): 'loops' | undefined {
+  const fd = raw.createVm(sysFd, VmType.default);
+  try {
+    raw.setUserMemoryRegion(fd, { slot: 0, guestPhysAddr: 0n, memorySize: page, userspaceAddr: 0n });
+    const cpu = raw.createVcpu(fd, 0);
+    try {
+      outcome(() => raw.preFaultMemory(cpu, { gpa: 1n << 20n, size: page }));
+      raw.setUserMemoryRegion(fd, { slot: 0, guestPhysAddr: 0n, memorySize: 0n });
+      return outcome(() => raw.preFaultMemory(cpu, { gpa: 1n << 20n, size: page, watchdogMs: 300 })) === 'EINTR' ? 'loops' : undefined;
+    } finally {
+      raw.close(cpu);
+    }
   } finally {
     raw.close(fd);
   }
@@ -226,6 +283,9 @@ export function profileToJSON(p: SimProfile): object {
     ...(p.preFaultWithoutSlots ? { preFaultWithoutSlots: p.preFaultWithoutSlots } : {}),
     ...(p.gmemBoundErrno ? { gmemBoundErrno: p.gmemBoundErrno } : {}),
     ...(p.maxGfnCheck ? { maxGfnCheck: p.maxGfnCheck } : {}),
+    ...(p.preFaultStaleRoot ? { preFaultStaleRoot: p.preFaultStaleRoot } : {}),
+    ...(p.anonInodeExec ? { anonInodeExec: true } : {}),
+    ...(p.fallocateWriteZeroes === false ? { fallocateWriteZeroes: false } : {}),
   };
 }
 
@@ -271,5 +331,8 @@ export function profileFromJSON(data: unknown): SimProfile {
     preFaultWithoutSlots: typeof o.preFaultWithoutSlots === 'string' ? (o.preFaultWithoutSlots as ErrnoCode) : undefined,
     gmemBoundErrno: typeof o.gmemBoundErrno === 'string' ? (o.gmemBoundErrno as ErrnoCode) : undefined,
     maxGfnCheck: o.maxGfnCheck === 'first' || o.maxGfnCheck === 'before-bind' ? o.maxGfnCheck : undefined,
+    preFaultStaleRoot: o.preFaultStaleRoot === 'loops' ? 'loops' : undefined,
+    anonInodeExec: o.anonInodeExec === true ? true : undefined,
+    fallocateWriteZeroes: o.fallocateWriteZeroes === false ? false : undefined,
   };
 }
