@@ -376,7 +376,7 @@ napi_value Ftruncate(napi_env env, napi_callback_info info) {
   uint64_t length = a.Uint64(1, "length");
   if (!a.Done() || !StillOurs(a, fd, "ftruncate")) return nullptr;
   for (const auto& [addr, m] : a.addon()->registry->mappings) {
-    if (m.fd == fd && m.accessible > 0 && m.offset + m.accessible > length) {
+    if (a.addon()->registry->Maps(m, fd) && m.accessible > 0 && m.offset + m.accessible > length) {
       errno = EBUSY;
       a.addon()->ThrowErrno(env, EBUSY, "ftruncate", nullptr, "the file is mapped past that length: unmap it first");
       return nullptr;
@@ -421,7 +421,12 @@ napi_value Mmap(napi_env env, napi_callback_info info) {
   void* p = sys::Mmap(nullptr, length, prot, flags, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Fail(a, "mmap", nullptr);
   size_t accessible = addon->Accessible(fd, kind, offset, length, anonymous);
-  addon->registry->mappings.try_emplace(p, Mapping{p, static_cast<size_t>(length), static_cast<size_t>(offset), fd, prot, flags, kind, accessible});
+  auto [it, added] = addon->registry->mappings.try_emplace(p, Mapping{p, static_cast<size_t>(length), static_cast<size_t>(offset), fd, prot, flags, kind, accessible});
+  if (added && !anonymous) {
+    const FdInfo& id = addon->registry->info[fd];
+    it->second.dev = id.dev;
+    it->second.ino = id.ino;
+  }
   // A number: user addresses are below 2^47, exact in a double, and a number costs no heap
   // allocation (the raw layer makes a bigint only when asked for one).
   napi_value out;

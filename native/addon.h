@@ -37,6 +37,7 @@ struct Mapping {
   std::vector<napi_ref> windows;  // buffers over parts of it (any size), detached by munmap
   size_t compactAt = 64;          // windows.size() at which collected windows are dropped
   int busy = 0;  // KVM_RUN threads using this (a vCPU's kvm_run area): munmap is refused
+  uint64_t dev = 0, ino = 0;  // the file mapped: fd numbers are reused once closed, files are not
 };
 
 // What the environment keeps of each of its fds besides its kind.
@@ -54,12 +55,20 @@ struct FdInfo {
 // process hands out (open() returns the lowest free number): an fd closed behind the addon's
 // back is not handed to another file that the addon would then act on, and one environment's
 // numbers are not another's.
+// Mapping::fd once its fd was closed.
+constexpr int kClosedFd = -2;
+
 struct Registry {
   // kinds[fd] != None for the fds open through the addon: an O(1) check per call, and no
   // allocation per open/close.
   std::vector<Kind> kinds;
   std::unordered_map<int, FdInfo> info;
   int rangeStart = -1, rangeEnd = -1, cursor = -1;  // where this environment's fds go
+  // Whether `m` maps the file that `fd` names now (not an earlier file with that number).
+  bool Maps(const Mapping& m, int fd) const {
+    auto it = info.find(fd);
+    return m.fd == fd && it != info.end() && it->second.dev == m.dev && it->second.ino == m.ino;
+  }
   Kind KindOf(int fd) const { return fd >= 0 && static_cast<size_t>(fd) < kinds.size() ? kinds[fd] : Kind::None; }
   bool Owns(int fd) const { return KindOf(fd) != Kind::None; }
   void Add(int fd, Kind kind) {
@@ -70,6 +79,10 @@ struct Registry {
     if (!Owns(fd)) return false;
     kinds[fd] = Kind::None;
     info.erase(fd);
+    // Its mappings stay (each holds its file) but no longer answer to the number, which the
+    // next open may get (all vCPU fds share one anon inode: only this tells them apart).
+    for (auto& [addr, m] : mappings)
+      if (m.fd == fd) m.fd = kClosedFd;
     return true;
   }
   // By address, while mapped. Held by value (one allocation per mmap); a Mapping's address

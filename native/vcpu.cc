@@ -149,7 +149,7 @@ Napi::Value Addon::Run(const Napi::CallbackInfo& info) {
   Mapping* m = FindMapping(registry.get(), addr);
   // kick() writes immediate_exit into the area: it must be this vCPU's own kvm_run, mapped
   // shared and writable (any other mapping could be read-only, or someone else's memory).
-  if (!m || m->fd != fd || !(m->prot & PROT_WRITE) || !(m->flags & MAP_SHARED) || m->offset != 0 || m->accessible < 4096) {
+  if (!m || !registry->Maps(*m, fd) || !(m->prot & PROT_WRITE) || !(m->flags & MAP_SHARED) || m->offset != 0 || m->accessible < 4096) {
     Napi::TypeError::New(env, "runArea must be this vCPU's kvm_run, mapped shared and writable").ThrowAsJavaScriptException();
     return env.Undefined();
   }

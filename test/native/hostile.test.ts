@@ -225,4 +225,36 @@ describe('native addon against hostile callers', () => {
     expect(answers.filter((l) => !l.endsWith('-> KvmError EBADF'))).toEqual([]);
     expect(r.lines).toContain(`file untouched: true, size ${CONTENT.length}`);
   });
+
+  test('5. an fd closed through the addon whose number a new file gets (RLIMIT_NOFILE 64): the old file\'s mappings do not answer for the new one', () => {
+    const r = child(`
+      const kvm = a.open('/dev/kvm');
+      const m1 = a.memfdCreate('old');
+      a.ftruncate(m1, 8192);
+      const oldMap = a.mmap(m1, 8192, 0, 3, 1);
+      a.close(m1);
+      const m2 = a.memfdCreate('new');
+      console.log('memfd number reused: ' + (m2 === m1));
+      step('ftruncate(new memfd)');
+      console.log('ftruncate new -> ' + attempt(() => a.ftruncate(m2, 0)));
+      console.log('old mapping still reads: ' + new Uint8Array(a.mappingBuffer(oldMap))[4096]);
+      a.munmap(oldMap); a.close(m2);
+      const vm = a.createVm(kvm, 0);
+      const c1 = a.createVcpu(vm, 0);
+      const area = a.mmap(c1, a.getVcpuMmapSize(kvm), 0, 3, 1);
+      a.close(c1);
+      const c2 = a.createVcpu(vm, 1);
+      console.log('vcpu number reused: ' + (c2 === c1));
+      step('run(new vCPU, old kvm_run)');
+      console.log('run with the old area -> ' + attempt(() => a.run(c2, area)));
+      a.munmap(area); a.close(c2); a.close(vm); a.close(kvm);
+      console.log('survived');
+    `, { nofile: 64 });
+    expectClean(r);
+    expect(r.lines).toContain('memfd number reused: true');
+    expect(r.lines).toContain('ftruncate new -> ok');
+    expect(r.lines).toContain('old mapping still reads: 0');
+    expect(r.lines).toContain('vcpu number reused: true');
+    expect(r.lines).toContain('run with the old area -> TypeError');
+  });
 });
