@@ -21,7 +21,7 @@ import {
   AttributeBook, constants, GuestMemfd, Kvm, KvmError, Mapping, MemslotTable, openKvm, Vcpu, Vm, type Memslot,
 } from '../../lib/index.js';
 import { addonCandidates, loadAddon } from '../../lib/raw/native.js';
-import { backendName, devicePath, MiB, noGuestCode, open, PAGE, skipped, unavailable } from '../helpers.js';
+import { backendName, devicePath, MiB, noGuestCode, noSharedGmem, open, PAGE, skipped, unavailable } from '../helpers.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
 const U64_MAX = (1n << 64n) - 1n;
@@ -188,10 +188,12 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
   beforeAll(() => {
     kvm = open();
     vm = kvm.createVm();
-    gmem = vm.createGuestMemfd({ size: 2n * MiB, mmap: true, initShared: true });
+    // Where default VMs have no host-accessible gmem (6.12), a flag-less gmem stands in, and
+    // shared memory for its mapping and slot: the arguments are checked before any of them.
+    gmem = noSharedGmem ? vm.createGuestMemfd({ size: 2n * MiB }) : vm.createGuestMemfd({ size: 2n * MiB, mmap: true, initShared: true });
     plain = vm.createGuestMemfd({ size: 2n * MiB });
-    map = gmem.map();
-    slot = vm.memslots.add({ guestPhysAddr: 0n, size: MiB, guestMemfd: gmem });
+    map = noSharedGmem ? vm.createSharedMemory({ size: 2n * MiB }) : gmem.map();
+    slot = noSharedGmem ? vm.memslots.add({ guestPhysAddr: 0n, size: MiB, userspace: map }) : vm.memslots.add({ guestPhysAddr: 0n, size: MiB, guestMemfd: gmem });
     cpu = vm.createVcpu(0);
     for (const x of [kvm, vm, gmem, plain, map, slot, cpu]) keep.add(x);
   });
@@ -307,7 +309,7 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
     expect(vm.memslots.list()).toEqual(before);
   });
 
-  test('mappings larger than 4 GiB: bytes is a RangeError; view() and vm.memory reach every byte (MAX_VIEW)', () => {
+  test.skipIf(noSharedGmem)(`mappings larger than 4 GiB: bytes is a RangeError; view() and vm.memory reach every byte (MAX_VIEW)${skipped(noSharedGmem)}`, () => {
     const size = 8n << 30n;
     const far = (1n << 32n) + 0x1000n; // beyond what one typed array spans
     const problems: string[] = [];
@@ -339,7 +341,7 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
     expect(problems).toEqual([]);
   });
 
-  test('a Mapping pinned by a live memslot: close() is EBUSY and names the slot; so is its gmem close()', async () => {
+  test.skipIf(noSharedGmem)(`a Mapping pinned by a live memslot: close() is EBUSY and names the slot; so is its gmem close()${skipped(noSharedGmem)}`, async () => {
     using g = vm.createGuestMemfd({ size: MiB, mmap: true, initShared: true });
     const m = g.map();
     const s = vm.memslots.add({ slot: 77, guestPhysAddr: 256n * MiB, size: MiB, userspace: m });
@@ -355,7 +357,7 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
     expect(m.closed).toBe(true);
   });
 
-  test('closed objects answer KvmError EBADF from every method', async () => {
+  test.skipIf(noSharedGmem)(`closed objects answer KvmError EBADF from every method${skipped(noSharedGmem)}`, async () => {
     const k = open();
     const v = k.createVm();
     const g = v.createGuestMemfd({ size: MiB, mmap: true, initShared: true });
@@ -415,7 +417,7 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
     }
   });
 
-  test('objects of another VM are refused', async () => {
+  test.skipIf(noSharedGmem)(`objects of another VM are refused${skipped(noSharedGmem)}`, async () => {
     using v2 = kvm.createVm();
     using foreign = v2.createGuestMemfd({ size: MiB, mmap: true, initShared: true });
     const before = vm.memslots.list();
@@ -509,8 +511,8 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
   });
 
   test.skipIf(noGuestCode)(`run({ timeoutMs }) beyond setTimeout’s range does not turn into a 1 ms timeout${skipped(noGuestCode)}`, async () => {
-    using g = vm.createGuestMemfd({ size: MiB, mmap: true, initShared: true });
-    using s = vm.memslots.add({ guestPhysAddr: 16n * MiB, size: MiB, guestMemfd: g });
+    using mem = vm.createSharedMemory({ size: MiB }); // (ordinary memory: every kernel runs it)
+    using s = vm.memslots.add({ guestPhysAddr: 16n * MiB, size: MiB, userspace: mem });
     using c = vm.createVcpu(9);
     vm.memory.write(16n * MiB + 0x1000n, Uint8Array.of(0xeb, 0xfe)); // jmp $
     c.setSregs({ cs: { base: 16n * MiB, selector: 0 } });
@@ -546,17 +548,22 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
   const fd: Kind = int(-(2 ** 31), 2 ** 31 - 1);
   const u32: Kind = int(0, 2 ** 32 - 1);
   const i32: Kind = int(-(2 ** 31), 2 ** 31 - 1);
-  const fds = {} as { kvm: number; vm: number; gmem: number; vcpu: number; area: number; shared: number; memfd: number };
+  const fds = {} as { kvm: number; vm: number; gmem: number; vcpu: number; area: number; shared: number; memfd: number; mappable: number };
 
   beforeAll(() => {
     const x = a();
     fds.kvm = x.open!('/dev/kvm') as number;
     fds.vm = x.createVm!(fds.kvm, 0) as number;
-    fds.gmem = x.createGuestMemfd!(fds.vm, MiB, 3n) as number; // MMAP | INIT_SHARED
+    // MMAP | INIT_SHARED where a default VM has them; else (6.12) a flag-less gmem, and the
+    // memfd is what gets mapped.
+    const sharedGmem = ((x.checkExtension!(fds.vm, constants.Cap.GUEST_MEMFD_FLAGS) as number) & 3) === 3;
+    fds.gmem = x.createGuestMemfd!(fds.vm, MiB, sharedGmem ? 3n : 0n) as number;
     fds.vcpu = x.createVcpu!(fds.vm, 0) as number;
     fds.area = x.mmap!(fds.vcpu, x.getVcpuMmapSize!(fds.kvm), 0, 3, 1) as number;
-    fds.shared = x.mmap!(fds.gmem, PAGE, 0, 3, 1) as number;
     fds.memfd = x.memfdCreate!('kvm-gmem abuse') as number;
+    x.ftruncate!(fds.memfd, MiB);
+    fds.mappable = sharedGmem ? fds.gmem : fds.memfd;
+    fds.shared = x.mmap!(fds.mappable, PAGE, 0, 3, 1) as number;
   });
   afterAll(() => {
     const x = a();
@@ -600,7 +607,7 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
         (gpa, size, flags) => x.preFaultMemory!(fds.vcpu, { gpa, size, flags })),
       S('fallocate', 'fallocate(fd, mode, offset, length)', [fd, i32, u64, u64], () => [fds.gmem, 1, 0n, PAGE]),
       S('fstat', 'fstat(fd)', [fd], () => [fds.gmem]),
-      S('mmap', 'mmap(fd, length, offset, prot, flags)', [fd, u64, u64, i32, i32], () => [fds.gmem, PAGE, 0n, 3, 1]),
+      S('mmap', 'mmap(fd, length, offset, prot, flags)', [fd, u64, u64, i32, i32], () => [fds.mappable, PAGE, 0n, 3, 1]),
       S('munmap', 'munmap(address)', [u64], () => [0n]),
       S('madvise', 'madvise(address, offset, length, advice)', [u64, u64, u64, i32], () => [fds.shared, 0n, PAGE, 4]),
       S('memfdCreate', 'memfdCreate(name)', [{ t: 'string' }], () => ['kvm-gmem abuse'], (name) => x.close!(x.memfdCreate!(name))),
@@ -694,7 +701,7 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
 
   test('stale, foreign and detached mappings', async () => {
     const x = a();
-    const addr = x.mmap!(fds.gmem, PAGE, 0n, 3, 1) as number;
+    const addr = x.mmap!(fds.mappable, PAGE, 0n, 3, 1) as number;
     const buf = x.mappingBuffer!(addr) as ArrayBuffer;
     new Uint8Array(buf)[0] = 0x42;
     expect(x.mappingBuffer!(addr)).toBe(buf); // one buffer per mapping
@@ -727,7 +734,7 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
 
   test('MAP_FIXED and MAP_FIXED_NOREPLACE are refused (RangeError) before mmap', () => {
     const x = a();
-    for (const flags of [0x10 | 1, 0x100000 | 1, -1]) expect(() => x.mmap!(fds.gmem, PAGE, 0n, 3, flags)).toThrow(RangeError);
+    for (const flags of [0x10 | 1, 0x100000 | 1, -1]) expect(() => x.mmap!(fds.mappable, PAGE, 0n, 3, flags)).toThrow(RangeError);
   });
 
   test('struct arguments: throwing getters and proxies propagate their own error; NUL in a path is a TypeError', () => {
@@ -827,15 +834,16 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
     const r = child(PRELUDE + `
       const mode = process.env.AREA;
       const kvm = a.open('/dev/kvm'); const vm = a.createVm(kvm, 0);
-      const g = a.createGuestMemfd(vm, 0x10000n, 3n);
+      const g = a.memfdCreate('code'); // (ordinary memory: every kernel runs it)
+      a.ftruncate(g, 0x10000);
       const code = a.mmap(g, 0x10000, 0, 3, 1);
       new Uint8Array(a.mappingBuffer(code)).set([0xeb, 0xfe], 0xfff0);
-      a.setUserMemoryRegion2(vm, { slot: 0, flags: 4, guestPhysAddr: 0xffff0000n, memorySize: 0x10000n, userspaceAddr: code, guestMemfd: g, guestMemfdOffset: 0n });
+      a.setUserMemoryRegion(vm, { slot: 0, guestPhysAddr: 0xffff0000n, memorySize: 0x10000n, userspaceAddr: code });
       const cpu = a.createVcpu(vm, 0);
       const size = a.getVcpuMmapSize(kvm);
       const areas = {
         'read-only kvm_run': () => a.mmap(cpu, size, 0, 1, 1),
-        'read-only gmem page': () => a.mmap(g, 0x1000, 0, 1, 1),
+        'read-only memfd page': () => a.mmap(g, 0x1000, 0, 1, 1),
         'PROT_NONE anonymous page': () => a.mmap(-1, 4096, 0, 0, 0x22),
       };
       for (const [name, make] of Object.entries(areas)) {
