@@ -3,7 +3,7 @@
 // built package (dist/), prints what each prints, and writes the JSON lines they emit to
 // bench/out/results.json. Exit status 1 if any benchmark missed its target.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -18,6 +18,16 @@ for (const name of ['baseline', 'slots']) {
     process.exit(1);
   }
 }
+// The same loop as an N-API module, for bench/lab-slots.mjs to run inside the Node process
+// (Node's own headers; where they are missing that baseline is left out, saying so).
+const nodeInclude = [path.resolve(process.execPath, '..', '..', 'include', 'node')].find((d) => existsSync(path.join(d, 'node_api.h')));
+if (nodeInclude) {
+  const cc = spawnSync('c++', ['-O2', '-std=c++17', '-shared', '-fPIC', `-I${nodeInclude}`, '-o', path.join(root, 'bench', 'out', 'slots-inproc.node'), path.join(root, 'bench', 'c', 'slots-inproc.cc')], { stdio: 'inherit' });
+  if (cc.status !== 0) {
+    console.error('bench: cannot build bench/c/slots-inproc.cc');
+    process.exit(1);
+  }
+} else console.log(`bench: no node_api.h beside ${process.execPath}: lab slots runs without its in-process C baseline`);
 const only = process.argv.slice(2);
 const files = readdirSync(path.join(root, 'bench')).filter((f) => f.endsWith('.mjs') && (!only.length || only.some((o) => f.includes(o)))).sort();
 const results = [];
