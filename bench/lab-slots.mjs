@@ -6,7 +6,7 @@
 // runs itself inside the lab (Debian unstable under QEMU; several minutes under TCG).
 // BENCH_LAB=0 skips it; BENCH_SLOTS=N changes the count.
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,15 +15,6 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
 const N = Number(process.env.BENCH_SLOTS ?? 32_764);
 const TARGET = 1.3;
-
-function kvmUsable() {
-  try {
-    closeSync(openSync('/dev/kvm', 'r+'));
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function emit(result) {
   if (process.env.BENCH_JSON) console.log(JSON.stringify({ bench: 'lab-slots', ...result }));
@@ -34,7 +25,8 @@ if (process.env.BENCH_LAB === '0') {
   process.exit(0);
 }
 
-if (!kvmUsable()) {
+const { hostKvmUsable } = await import('../dist/lab/index.js');
+if (!hostKvmUsable()) {
   if (process.env.KVM_GMEM_LAB) {
     console.log('lab slots: no /dev/kvm even in the lab');
     process.exit(1);

@@ -23,16 +23,20 @@ export function findQemu(env: NodeJS.ProcessEnv = process.env): string {
     'install it: sudo apt-get install qemu-system-x86 (Debian, Ubuntu), sudo dnf install qemu-system-x86 (Fedora); or set KVM_GMEM_QEMU');
 }
 
+/** Whether this host's /dev/kvm opens read-write. */
+export function hostKvmUsable(): boolean {
+  try {
+    closeSync(openSync('/dev/kvm', 'r+'));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** KVM when the host's /dev/kvm opens read-write (and the host is x86-64), else TCG. */
 export function pickAccel(requested: Accel | 'auto' = 'auto'): Accel {
   if (requested !== 'auto') return requested;
-  if (process.arch !== 'x64') return 'tcg';
-  try {
-    closeSync(openSync('/dev/kvm', 'r+'));
-    return 'kvm';
-  } catch {
-    return 'tcg';
-  }
+  return process.arch === 'x64' && hostKvmUsable() ? 'kvm' : 'tcg';
 }
 
 export interface QemuMachine {

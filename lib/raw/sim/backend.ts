@@ -647,11 +647,12 @@ export class SimBackend implements RawBackend {
     // a root made obsolete by a memslot deletion (6.12) never maps a page until the vCPU runs:
     // the raw layer's watchdog interrupts it (EINTR). The simulator's vCPUs never run.
     const cpu = o.vcpu;
-    if (cpu.rootGeneration !== undefined && cpu.rootGeneration !== vm.rootGeneration && this.profile.preFaultStaleRoot === 'loops') {
-      fail('EINTR', where, 'no page mapped before the watchdog: this kernel retries a fault on an MMU root made obsolete by a memslot deletion until the vCPU runs (KVM_RUN loads a new root)');
+    if (this.profile.preFaultStaleRoot === 'loops') {
+      if (cpu.rootGeneration !== undefined && cpu.rootGeneration !== vm.rootGeneration) {
+        fail('EINTR', where, 'no page mapped before the watchdog: this kernel retries a fault on an MMU root made obsolete by a memslot deletion until the vCPU runs (KVM_RUN loads a new root)');
+      }
+      cpu.rootGeneration ??= vm.rootGeneration;
     }
-    cpu.rootGeneration ??= vm.rootGeneration;
-    if (this.profile.preFaultStaleRoot !== 'loops') cpu.rootGeneration = vm.rootGeneration;
     let gpa = r.gpa;
     let size = r.size;
     while (size > 0n) {
