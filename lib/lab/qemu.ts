@@ -57,7 +57,11 @@ export function qemuArgs(m: QemuMachine): string[] {
   // kernel crashes now and then in __schedule or finish_task_switch (2 runs of 3 in the lab)
   // when KVM flips the preempt-notifier static key of a CPU that is in those functions:
   // the cross-modified code is not seen consistently.
-  const accel = m.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=single', '-cpu', 'max'];
+  // No PKU under TCG: QEMU empties its whole software TLB on every PKRU write, and Linux writes
+  // PKRU at each switch between a task holding a protection key and a kernel thread. V8
+  // allocates a key in every Node process, so a memslot ioctl (which waits on SRCU workers)
+  // cost 2.5x as much from Node as from a C process, and only under emulation.
+  const accel = m.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=single', '-cpu', 'max,pku=off'];
   const append = ['console=ttyS0', 'quiet', 'loglevel=4', 'panic=-1', 'rdinit=/init', 'tsc=reliable', 'mitigations=off'];
   return [
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
