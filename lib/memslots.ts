@@ -68,10 +68,28 @@ interface SlotState {
   guestPhysAddr: bigint;
   flags: number;
   books: MemslotBooks;
+  /** Its first guest frame and its file page (0 without a gmem), which fit in a double. */
+  gfn: number;
+  filePage: number;
+  /** Its size in pages. */
+  npages: bigint;
+}
+
+/**
+ * What the books keep on each slot, made once: the view the rules read (no BigInt division
+ * per check) and where the slot starts in the books' indexes (no map from slots to entries).
+ */
+interface SlotBook {
+  view: SlotView;
+  gfn: number;
+  filePage: number;
+  npages: number;
 }
 
 /** The books moved a slot (the kernel's MOVE) or changed its flags (FLAGS_ONLY). */
-let placeSlot: (s: Memslot, guestPhysAddr: bigint, flags: number) => void;
+let placeSlot: (s: Memslot, guestPhysAddr: bigint, gfn: number, flags: number) => void;
+/** The books' record of a slot. */
+let bookOf: (s: Memslot) => SlotBook;
 /** Whether `x` is a Memslot the library made. */
 export let isMemslot: (x: unknown) => x is Memslot;
 
@@ -98,6 +116,7 @@ export class Memslot {
   #guestPhysAddr: bigint;
   #flags: number;
   #books: MemslotBooks;
+  #book: SlotBook;
 
   /** @hidden made by MemslotTable.add() */
   constructor(token: symbol, init: Omit<Memslot, 'guestPhysAddr' | 'flags' | 'readonly' | 'logDirtyPages' | 'deleted' | 'end' | 'delete' | 'toString' | typeof Symbol.dispose> & SlotState) {
@@ -114,15 +133,24 @@ export class Memslot {
     this.#guestPhysAddr = init.guestPhysAddr;
     this.#flags = init.flags;
     this.#books = init.books;
+    this.#book = {
+      view: { asId: init.asId, id: init.id, baseGfn: BigInt(init.gfn), npages: init.npages, flags: init.flags, userspaceAddr: init.userspaceAddr },
+      gfn: init.gfn,
+      filePage: init.filePage,
+      npages: Number(init.npages),
+    };
     // Read-only for real: delete() and the books trust id, asId and userspace.
     Object.freeze(this);
   }
 
   static {
-    placeSlot = (s, guestPhysAddr, flags) => {
+    placeSlot = (s, guestPhysAddr, gfn, flags) => {
       s.#guestPhysAddr = guestPhysAddr;
       s.#flags = flags;
+      s.#book.gfn = gfn;
+      s.#book.view = { ...s.#book.view, baseGfn: BigInt(gfn), flags };
     };
+    bookOf = (s) => s.#book;
     isMemslot = (x: unknown): x is Memslot => typeof x === 'object' && x !== null && #books in x;
   }
 
@@ -182,23 +210,22 @@ class SpaceBooks {
   pages = new Float64Array(64);
   gmems: (GuestMemfd | undefined)[] = [];
 
-  insert(start: number, end: number, slot: Memslot, page: bigint): void {
-    const n = this.index.insert(start, end, slot);
+  insert(slot: Memslot, page: bigint): void {
+    const b = bookOf(slot);
+    const n = this.index.insert(b.gfn, b.gfn + b.npages, slot);
     if (this.pages.length < 2 * (n + 1)) {
       const grown = new Float64Array(this.pages.length * 2);
       grown.set(this.pages);
       this.pages = grown;
     }
-    this.pages[2 * n] = Number(slot.guestMemfdOffset / page);
-    this.pages[2 * n + 1] = Number(slot.userspaceAddr / page);
+    this.pages[2 * n] = b.filePage;
+    this.pages[2 * n + 1] = slot.userspaceAddr === 0n ? 0 : Number(slot.userspaceAddr / page);
     this.gmems[n] = slot.guestMemfd;
   }
 
   remove(slot: Memslot): void {
-    const n = this.index.slotOf(slot);
-    if (n < 0) return;
-    this.index.remove(slot);
-    this.gmems[n] = undefined;
+    const n = this.index.remove(bookOf(slot).gfn, slot);
+    if (n >= 0) this.gmems[n] = undefined;
   }
 }
 
@@ -312,8 +339,22 @@ export class MemslotBooks {
 
   /** The view of the books the rules take (what the kernel would look up). */
   context(vm: VmContext, gmem: GuestMemfd | undefined): MemslotContext {
+    // Made once per VM (its capabilities do not change), with the gmem of this call: a
+    // memslot call builds no closures.
+    this.#contextGmem = gmem;
+    return (this.#context ??= this.#makeContext(vm));
+  }
+
+  #context: MemslotContext | undefined;
+  #contextGmem: GuestMemfd | undefined;
+
+  #makeContext(vm: VmContext): MemslotContext {
     const page = this.page;
     const caps = vm.caps();
+    const boundSlot = (pgStart: bigint, pgEnd: bigint): SlotView | undefined => {
+      const s = this.#byFile.get(this.#contextGmem!)?.firstOverlap(Number(pgStart), Number(pgEnd));
+      return s && bookOf(s).view;
+    };
     return {
       pageSize: page,
       readonlyMem: caps.readonlyMem,
@@ -323,24 +364,17 @@ export class MemslotBooks {
       maxGfn: MAX_GFN_52,
       slot: (asId, id) => {
         const s = this.get(id, asId);
-        return s && view(s, page);
+        return s && bookOf(s).view;
       },
       overlapping: (asId, id, start, end) => {
         const s = this.#byGfn.get(asId)?.index.firstOverlap(Number(start), Number(end), (x) => x.id !== id);
-        return s && view(s, page);
+        return s && bookOf(s).view;
       },
       gmem: () => {
+        const gmem = this.#contextGmem;
         if (!gmem || gmem.closed) return { kind: 'ebadf' };
         if (gmem.vm !== vm.vm) return { kind: 'foreign' };
-        const idx = this.#byFile.get(gmem);
-        return {
-          kind: 'ok',
-          size: gmem.size,
-          boundSlot: (pgStart, pgEnd) => {
-            const s = idx?.firstOverlap(Number(pgStart), Number(pgEnd));
-            return s && view(s, page);
-          },
-        };
+        return { kind: 'ok', size: gmem.size, boundSlot };
       },
     };
   }
@@ -349,12 +383,12 @@ export class MemslotBooks {
     this.#byKey.set(keyOf(slot.asId, slot.id), slot);
     let sp = this.#byGfn.get(slot.asId);
     if (!sp) this.#byGfn.set(slot.asId, (sp = new SpaceBooks()));
-    sp.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot, this.page);
+    sp.insert(slot, this.page);
     if (slot.guestMemfd) {
       let f = this.#byFile.get(slot.guestMemfd);
       if (!f) this.#byFile.set(slot.guestMemfd, (f = new IntervalIndex()));
-      const pg = Number(slot.guestMemfdOffset / this.page);
-      f.insert(pg, pg + Number(d.npages), slot);
+      const b = bookOf(slot);
+      f.insert(b.filePage, b.filePage + b.npages, slot);
     }
     this.#bitmap(slot.asId)[slot.id >>> 5]! |= 1 << (slot.id & 31);
     if (slot.userspace) pinMapping(slot.userspace, slot);
@@ -362,12 +396,11 @@ export class MemslotBooks {
 
   /** A non-gmem slot moved (the kernel's MOVE) or toggled LOG_DIRTY_PAGES (FLAGS_ONLY). */
   change(slot: Memslot, d: MemslotDecision, flags: number): void {
-    if (d.op === 'move') {
-      const sp = this.#byGfn.get(slot.asId)!;
-      sp.remove(slot);
-      sp.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot, this.page);
-    }
-    placeSlot(slot, d.op === 'move' ? d.baseGfn * this.page : slot.guestPhysAddr, flags);
+    const move = d.op === 'move';
+    const sp = this.#byGfn.get(slot.asId)!;
+    if (move) sp.remove(slot);
+    placeSlot(slot, move ? d.baseGfn * this.page : slot.guestPhysAddr, move ? Number(d.baseGfn) : bookOf(slot).gfn, flags);
+    if (move) sp.insert(slot, this.page);
   }
 
   remove(slot: Memslot): void {
@@ -375,7 +408,7 @@ export class MemslotBooks {
     this.#byGfn.get(slot.asId)?.remove(slot);
     if (slot.guestMemfd) {
       const f = this.#byFile.get(slot.guestMemfd);
-      f?.remove(slot);
+      f?.remove(bookOf(slot).filePage, slot);
       if (f && f.count === 0) this.#byFile.delete(slot.guestMemfd);
     }
     this.#bitmap(slot.asId)[slot.id >>> 5]! &= ~(1 << (slot.id & 31));
@@ -397,7 +430,7 @@ export class MemslotBooks {
     if (!this.#own.delete(m)) return false;
     const idx = m.guestMemfd && this.#ownByFile.get(m.guestMemfd);
     if (idx) {
-      idx.remove(m);
+      idx.remove(Number(m.offset / this.page), m);
       if (idx.count === 0) this.#ownByFile.delete(m.guestMemfd!);
     }
     return true;
@@ -459,9 +492,6 @@ export class MemslotBooks {
   }
 }
 
-function view(s: Memslot, page: bigint): SlotView {
-  return { asId: s.asId, id: s.id, baseGfn: s.guestPhysAddr / page, npages: s.size / page, flags: s.flags, userspaceAddr: s.userspaceAddr };
-}
 
 function checkGmem(g: unknown): GuestMemfd {
   if (!isGuestMemfd(g)) throw new TypeError(`gmem must be a GuestMemfd, got ${typeName(g)}`);
@@ -620,6 +650,7 @@ export class MemslotTable {
       const slot = new Memslot(CREATE, {
         vm: ctx.vm, id, asId, size, guestMemfd: gmem, guestMemfdOffset: gmemOffset, userspace, userspaceOffset: uoff,
         userspaceAddr: region.userspaceAddr, guestPhysAddr: gpa, flags, books,
+        gfn: Number(decision.baseGfn), npages: decision.npages, filePage: gmem ? Number(gmemOffset / books.page) : 0,
       });
       books.insert(slot, decision);
       return slot;
@@ -684,7 +715,7 @@ export class MemslotTable {
     return {
       op: region.memorySize === 0n ? 'delete' : existing ? 'move' : 'create', asId, id,
       baseGfn: region.guestPhysAddr / page, npages: region.memorySize / page,
-      ...(existing ? { existing: view(existing, page) } : {}),
+      ...(existing ? { existing: bookOf(existing).view } : {}),
     };
   }
 }

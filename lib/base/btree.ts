@@ -6,6 +6,10 @@
  *
  * Deletion removes empty nodes but does not merge sparse ones: the height stays within the
  * logarithm of the largest size the tree had.
+ *
+ * The hot calls allocate nothing: the path of a descent is kept in the tree (reused by the
+ * next call), and seekFloor/seekCeil/advance move a cursor instead of returning entries (the
+ * memslot books make several of these calls per KVM_SET_USER_MEMORY_REGION2).
  */
 const MAX = 64;
 
@@ -43,55 +47,104 @@ function floorIndex(a: readonly number[], key: number): number {
 export class BTree<V> {
   #root: Node<V> = { leaf: true, keys: [], values: [], next: undefined };
   #size = 0;
+  /** The inner nodes of the last recorded descent, root first, and the child taken in each. */
+  #pathNodes: Inner<V>[] = [];
+  #pathIdx: number[] = [];
+  /** How many inner nodes the last descent passed. */
+  #depth = 0;
+  /** The cursor: the leaf and index the last seek or advance stopped at. */
+  #leaf: Leaf<V> | undefined;
+  #at = 0;
+  /** The entry under the cursor (valid after a seek or advance that returned true). */
+  cursorKey = 0;
+  cursorValue: V | undefined;
 
   get size(): number {
     return this.#size;
   }
 
-  /** The leaf where `key` is or would go, and the path of inner nodes and child indexes to it. */
-  #descend(key: number, path?: [Inner<V>, number][]): Leaf<V> {
+  /** The leaf where `key` is or would go; with `record`, the path to it is kept (#pathNodes, #pathIdx). */
+  #descend(key: number, record: boolean): Leaf<V> {
     let n = this.#root;
+    let d = 0;
     while (!n.leaf) {
       const i = Math.max(0, floorIndex(n.keys, key));
-      path?.push([n, i]);
+      if (record) {
+        this.#pathNodes[d] = n;
+        this.#pathIdx[d] = i;
+      }
+      d++;
       n = n.children[i]!;
     }
+    this.#depth = d;
     return n;
   }
 
+  #setCursor(leaf: Leaf<V> | undefined, i: number): boolean {
+    this.#leaf = leaf;
+    this.#at = i;
+    if (!leaf) {
+      this.cursorValue = undefined;
+      return false;
+    }
+    this.cursorKey = leaf.keys[i]!;
+    this.cursorValue = leaf.values[i];
+    return true;
+  }
+
   get(key: number): V | undefined {
-    const leaf = this.#descend(key);
+    const leaf = this.#descend(key, false);
     const i = floorIndex(leaf.keys, key);
     return i >= 0 && leaf.keys[i] === key ? leaf.values[i] : undefined;
   }
 
   has(key: number): boolean {
-    const leaf = this.#descend(key);
+    const leaf = this.#descend(key, false);
     const i = floorIndex(leaf.keys, key);
     return i >= 0 && leaf.keys[i] === key;
   }
 
+  /** Moves the cursor to the entry with the largest key <= `key`; false when there is none. */
+  seekFloor(key: number): boolean {
+    const leaf = this.#descend(key, true);
+    const i = floorIndex(leaf.keys, key);
+    if (i >= 0) return this.#setCursor(leaf, i);
+    // Every key of this leaf is above `key`: the floor is the last key of the leaf before it.
+    const prev = this.#leafBefore(this.#depth);
+    return prev && prev.keys.length ? this.#setCursor(prev, prev.keys.length - 1) : this.#setCursor(undefined, 0);
+  }
+
+  /** Moves the cursor to the entry with the smallest key >= `key`; false when there is none. */
+  seekCeil(key: number): boolean {
+    let leaf: Leaf<V> | undefined = this.#descend(key, false);
+    let i = floorIndex(leaf.keys, key);
+    if (i < 0 || leaf.keys[i]! < key) i++;
+    while (leaf && i >= leaf.keys.length) {
+      leaf = leaf.next;
+      i = 0;
+    }
+    return this.#setCursor(leaf, i);
+  }
+
+  /** Moves the cursor to the next entry; false past the last (or with no cursor). */
+  advance(): boolean {
+    let leaf = this.#leaf;
+    let i = this.#at + 1;
+    while (leaf && i >= leaf.keys.length) {
+      leaf = leaf.next;
+      i = 0;
+    }
+    return this.#setCursor(leaf, i);
+  }
+
   /** The entry with the largest key <= `key`, or undefined. */
   floor(key: number): [number, V] | undefined {
-    const path: [Inner<V>, number][] = [];
-    const leaf = this.#descend(key, path);
-    const i = floorIndex(leaf.keys, key);
-    if (i >= 0) return [leaf.keys[i]!, leaf.values[i]!];
-    // Every key of this leaf is above `key`: the floor is the last key of the leaf before it.
-    for (let d = path.length - 1; d >= 0; d--) {
-      const [node, ci] = path[d]!;
-      if (ci > 0) {
-        let n = node.children[ci - 1]!;
-        while (!n.leaf) n = n.children[n.children.length - 1]!;
-        return n.keys.length ? [n.keys[n.keys.length - 1]!, n.values[n.values.length - 1]!] : undefined;
-      }
-    }
-    return undefined;
+    return this.seekFloor(key) ? [this.cursorKey, this.cursorValue!] : undefined;
   }
 
   /** Entries with keys >= `from` (all when omitted), ascending. */
   *entries(from = -Infinity): IterableIterator<[number, V]> {
-    let leaf: Leaf<V> | undefined = this.#descend(from);
+    let leaf: Leaf<V> | undefined = this.#descend(from, false);
     let i = floorIndex(leaf.keys, from);
     if (i < 0 || leaf.keys[i]! < from) i++;
     while (leaf) {
@@ -103,36 +156,41 @@ export class BTree<V> {
 
   /** The entry with the smallest key >= `key`, or undefined. */
   ceil(key: number): [number, V] | undefined {
-    const r = this.entries(key).next();
-    return r.done ? undefined : r.value;
+    return this.seekCeil(key) ? [this.cursorKey, this.cursorValue!] : undefined;
   }
 
   /** Inserts or replaces. */
   set(key: number, value: V): void {
-    const path: [Inner<V>, number][] = [];
-    const leaf = this.#descend(key, path);
+    const leaf = this.#descend(key, true);
     const i = floorIndex(leaf.keys, key);
     if (i >= 0 && leaf.keys[i] === key) {
       leaf.values[i] = value;
       return;
     }
-    leaf.keys.splice(i + 1, 0, key);
-    leaf.values.splice(i + 1, 0, value);
+    if (i + 1 === leaf.keys.length) {
+      leaf.keys.push(key);
+      leaf.values.push(value);
+    } else {
+      leaf.keys.splice(i + 1, 0, key);
+      leaf.values.splice(i + 1, 0, value);
+    }
     this.#size++;
-    if (i + 1 === 0) this.#fixMin(path, key);
-    if (leaf.keys.length > MAX) this.#split(leaf, path);
+    this.#leaf = undefined; // the cursor may point into what moved
+    if (i + 1 === 0) this.#fixMin(this.#depth, key);
+    if (leaf.keys.length > MAX) this.#split(leaf, this.#depth);
   }
 
-  /** A node's smallest key changed to `key`: the routing keys above it follow. */
-  #fixMin(path: [Inner<V>, number][], key: number): void {
-    for (let d = path.length - 1; d >= 0; d--) {
-      const [node, ci] = path[d]!;
-      node.keys[ci] = key;
+  /** The smallest key of the node below path[0, depth) changed to `key`: the routing keys above it follow. */
+  #fixMin(depth: number, key: number): void {
+    for (let d = depth - 1; d >= 0; d--) {
+      const ci = this.#pathIdx[d]!;
+      this.#pathNodes[d]!.keys[ci] = key;
       if (ci !== 0) break;
     }
   }
 
-  #split(node: Node<V>, path: [Inner<V>, number][]): void {
+  /** Splits `node`, the child at path[depth - 1] (the root when depth is 0). */
+  #split(node: Node<V>, depth: number): void {
     const half = node.keys.length >>> 1;
     let right: Node<V>;
     if (node.leaf) {
@@ -141,60 +199,62 @@ export class BTree<V> {
     } else {
       right = { leaf: false, keys: node.keys.splice(half), children: node.children.splice(half) };
     }
-    const parentEntry = path.pop();
-    if (!parentEntry) {
+    if (depth === 0) {
       this.#root = { leaf: false, keys: [node.keys[0]!, right.keys[0]!], children: [node, right] };
       return;
     }
-    const [parent, ci] = parentEntry;
+    const parent = this.#pathNodes[depth - 1]!;
+    const ci = this.#pathIdx[depth - 1]!;
     parent.keys.splice(ci + 1, 0, right.keys[0]!);
     parent.children.splice(ci + 1, 0, right);
-    if (parent.keys.length > MAX) this.#split(parent, path);
+    if (parent.keys.length > MAX) this.#split(parent, depth - 1);
   }
 
   delete(key: number): boolean {
-    const path: [Inner<V>, number][] = [];
-    const leaf = this.#descend(key, path);
+    const leaf = this.#descend(key, true);
     const i = floorIndex(leaf.keys, key);
     if (i < 0 || leaf.keys[i] !== key) return false;
-    leaf.keys.splice(i, 1);
-    leaf.values.splice(i, 1);
+    if (i === 0) {
+      leaf.keys.shift();
+      leaf.values.shift();
+    } else {
+      leaf.keys.splice(i, 1);
+      leaf.values.splice(i, 1);
+    }
     this.#size--;
-    if (leaf.keys.length === 0) this.#removeEmpty(leaf, path);
-    else if (i === 0) this.#fixMin(path, leaf.keys[0]!);
+    this.#leaf = undefined; // the cursor may point into what moved
+    if (leaf.keys.length === 0) this.#removeEmpty(leaf, this.#depth);
+    else if (i === 0) this.#fixMin(this.#depth, leaf.keys[0]!);
     return true;
   }
 
-  /** Unlinks an empty node from its parent (and empty parents from theirs). */
-  #removeEmpty(node: Node<V>, path: [Inner<V>, number][]): void {
-    const parentEntry = path.pop();
-    if (!parentEntry) return; // the root stays, empty
-    const [parent, ci] = parentEntry;
+  /** Unlinks an empty node (the child at path[depth - 1]) from its parent, and empty parents from theirs. */
+  #removeEmpty(node: Node<V>, depth: number): void {
+    if (depth === 0) return; // the root stays, empty
+    const parent = this.#pathNodes[depth - 1]!;
+    const ci = this.#pathIdx[depth - 1]!;
     if (node.leaf) {
       // The leaf before it (in key order) now links past it.
-      const prev = this.#leafBefore(path, parent, ci);
+      const prev = this.#leafBefore(depth);
       if (prev) prev.next = node.next;
     }
     parent.keys.splice(ci, 1);
     parent.children.splice(ci, 1);
-    if (parent.children.length === 0) this.#removeEmpty(parent, path);
+    if (parent.children.length === 0) this.#removeEmpty(parent, depth - 1);
     else {
       // The parent's smallest key changed: the routing keys above it follow.
-      if (ci === 0) this.#fixMin(path, parent.keys[0]!);
+      if (ci === 0) this.#fixMin(depth - 1, parent.keys[0]!);
       // A root with one child gives way to it.
       while (!this.#root.leaf && this.#root.children.length === 1) this.#root = this.#root.children[0]!;
     }
   }
 
-  /** The leaf just before child `ci` of `parent` (whose own path above is `path`). */
-  #leafBefore(path: [Inner<V>, number][], parent: Inner<V>, ci: number): Leaf<V> | undefined {
+  /** The leaf just before the node that path[0, depth) leads to. */
+  #leafBefore(depth: number): Leaf<V> | undefined {
     let n: Node<V> | undefined;
-    if (ci > 0) n = parent.children[ci - 1];
-    else {
-      for (let d = path.length - 1; d >= 0 && !n; d--) {
-        const [node, i] = path[d]!;
-        if (i > 0) n = node.children[i - 1];
-      }
+    for (let d = depth - 1; d >= 0 && !n; d--) {
+      const i = this.#pathIdx[d]!;
+      if (i > 0) n = this.#pathNodes[d]!.children[i - 1];
     }
     if (!n) return undefined;
     while (!n.leaf) n = n.children[n.children.length - 1]!;
@@ -204,5 +264,7 @@ export class BTree<V> {
   clear(): void {
     this.#root = { leaf: true, keys: [], values: [], next: undefined };
     this.#size = 0;
+    this.#leaf = undefined;
+    this.#pathNodes.length = 0;
   }
 }

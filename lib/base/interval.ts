@@ -16,14 +16,12 @@
  * slot number. With 32,764 intervals that is about a megabyte, which stays in the cache where
  * a path through an object per interval would not (a lookup spread over every memslot costs
  * what it costs over a few).
+ *
+ * Insert, remove and firstOverlap allocate nothing but what the tables grow by: the tree maps
+ * starts to slot numbers, and regions are walked in loops, not through callbacks. (They are
+ * on the path of every memslot add and delete; under emulation every allocation shows.)
  */
 import { BTree } from './btree.js';
-
-interface Entry<T> {
-  start: number;
-  end: number;
-  item: T;
-}
 
 /** No region here (RegionTable.get). Values <= -2 are a region that -value intervals share. */
 const NONE = -1;
@@ -121,6 +119,40 @@ class RegionTable {
     if (this.used * 2 > capacity) this.#rehash(this.live * 4 > capacity ? capacity * 2 : capacity);
   }
 
+  /**
+   * One more interval [start, end) in region `key`: the region becomes `slot`'s when it was
+   * free, else shared by one more (one probe sequence, where get() then set() take two).
+   */
+  claim(key: number, slot: number, start: number, end: number): void {
+    const keys = this.keys;
+    const mask = (keys.length >> 1) - 1;
+    let at = -1;
+    for (let i = this.#home(key); ; i = (i + 1) & mask) {
+      const k = keys[2 * i]!;
+      if (k === key) {
+        const v = this.values[4 * i + 2]!;
+        this.values[4 * i + 2] = v >= 0 ? -2 : v - 1;
+        return;
+      }
+      if (k === DELETED_KEY && at < 0) at = i;
+      if (k === EMPTY_KEY) {
+        if (at < 0) {
+          at = i;
+          this.used++;
+        }
+        break;
+      }
+    }
+    const base = key * this.size;
+    keys[2 * at] = key;
+    this.values[4 * at + 2] = slot;
+    this.offsets[8 * at + 6] = Math.max(0, Math.min(this.size, start - base)) & 0xffff;
+    this.offsets[8 * at + 7] = Math.max(0, Math.min(this.size, end - base)) & 0xffff;
+    this.live++;
+    const capacity = this.capacity;
+    if (this.used * 2 > capacity) this.#rehash(this.live * 4 > capacity ? capacity * 2 : capacity);
+  }
+
   delete(key: number): void {
     const i = this.find(key);
     if (i < 0) return;
@@ -151,9 +183,8 @@ class RegionTable {
 }
 
 export class IntervalIndex<T> {
-  #tree = new BTree<Entry<T>>();
-  /** Each interval's slot number: its place in #items and #bounds (reused after removal). */
-  #slotOf = new Map<T, number>();
+  /** Interval start -> slot number: its place in #items and #bounds (reused after removal). */
+  #tree = new BTree<number>();
   #items: (T | undefined)[] = [];
   /** [start, end) of the interval in each slot. */
   #bounds = new Float64Array(32);
@@ -169,9 +200,7 @@ export class IntervalIndex<T> {
    * interval's slot number (for slotContaining(), itemAt(), startAt(); reused once removed).
    */
   insert(start: number, end: number, item: T): number {
-    const e: Entry<T> = { start, end, item };
-    this.#tree.set(start, e);
-    const slot = this.#free.pop() ?? this.#items.length;
+    const slot = this.#free.length > 0 ? this.#free.pop()! : this.#items.length;
     if (slot === this.#items.length) this.#items.push(item);
     else this.#items[slot] = item;
     if (this.#bounds.length < 2 * (slot + 1)) {
@@ -181,44 +210,33 @@ export class IntervalIndex<T> {
     }
     this.#bounds[2 * slot] = start;
     this.#bounds[2 * slot + 1] = end;
-    this.#slotOf.set(item, slot);
-    this.#regions(start, end, (level, r) => {
-      const table = this.#levels[level]!;
-      const v = table.get(r);
-      // Free, or now shared by one more interval (a shared region counts them, negated).
-      table.set(r, v === NONE ? slot : v >= 0 ? -2 : v - 1, start, end);
-    });
+    this.#tree.set(start, slot);
+    this.#walk(start, end, slot, true);
     return slot;
   }
 
-  remove(item: T): boolean {
-    const slot = this.#slotOf.get(item);
-    if (slot === undefined) return false;
-    const start = this.#bounds[2 * slot]!;
+  /**
+   * Removes the interval that starts at `start`, if it holds `item` (the caller knows where
+   * its items start: no map from items back to intervals to keep). Returns the slot number
+   * it had, or -1.
+   */
+  remove(start: number, item: T): number {
+    const slot = this.#tree.get(start);
+    if (slot === undefined || this.#items[slot] !== item) return -1;
     const end = this.#bounds[2 * slot + 1]!;
     this.#tree.delete(start);
-    this.#slotOf.delete(item);
     this.#items[slot] = undefined;
     this.#free.push(slot);
-    this.#regions(start, end, (level, r) => {
-      const table = this.#levels[level]!;
-      const v = table.get(r);
-      if (v >= 0) return table.delete(r);
-      if (v < -2) return table.set(r, v + 1, 0, 0);
-      // One interval left in the region: it holds the region alone again.
-      const size = REGION[level]!;
-      const left = this.#firstOverlapEntry(r * size, (r + 1) * size);
-      if (left) table.set(r, this.#slotOf.get(left.item)!, left.start, left.end);
-      else table.delete(r);
-    });
-    return true;
+    this.#walk(start, end, slot, false);
+    return slot;
   }
 
   /**
-   * The regions [start, end) claims: at each level, the aligned regions inside it that no
-   * coarser region of it holds; at the finest, also the regions it only touches.
+   * Claims (`claim`) or releases the regions [start, end) holds: at each level, the aligned
+   * regions inside it that no coarser region of it holds; at the finest, also the regions it
+   * only touches. Released after the interval left the tree.
    */
-  #regions(start: number, end: number, visit: (level: number, region: number) => void): void {
+  #walk(start: number, end: number, slot: number, claim: boolean): void {
     // What the coarser levels claimed: one contiguous range of keys, [lo, hi).
     let lo = 0;
     let hi = 0;
@@ -227,20 +245,39 @@ export class IntervalIndex<T> {
       const first = level === 0 ? Math.floor(start / size) : Math.ceil(start / size);
       const last = level === 0 ? Math.ceil(end / size) : Math.floor(end / size);
       if (first >= last) continue;
+      const table = this.#levels[level]!;
       for (let r = first; r < last; r++) {
         if (r * size >= lo && (r + 1) * size <= hi) r = hi / size - 1; // held by a coarser region
-        else visit(level, r);
+        else if (claim) table.claim(r, slot, start, end);
+        else this.#release(table, r);
       }
       lo = first * size;
       hi = last * size;
     }
   }
 
-  #firstOverlapEntry(start: number, end: number): Entry<T> | undefined {
-    const f = this.#tree.floor(start);
-    if (f && f[1].end > start) return f[1];
-    const c = this.#tree.ceil(start);
-    return c && c[0] < end ? c[1] : undefined;
+  /** One interval fewer in region `r` of `table`. */
+  #release(table: RegionTable, r: number): void {
+    const v = table.get(r);
+    if (v >= 0) return table.delete(r);
+    if (v < -2) return table.set(r, v + 1, 0, 0);
+    // One interval left in the region: it holds the region alone again.
+    const size = table.size;
+    const left = this.#firstOverlapSlot(r * size, (r + 1) * size);
+    if (left >= 0) table.set(r, left, this.#bounds[2 * left]!, this.#bounds[2 * left + 1]!);
+    else table.delete(r);
+  }
+
+  /** The slot of the first interval (by start) overlapping [start, end), or -1. */
+  #firstOverlapSlot(start: number, end: number): number {
+    const t = this.#tree;
+    let ok = t.seekFloor(start) || t.seekCeil(start);
+    while (ok && t.cursorKey < end) {
+      const n = t.cursorValue!;
+      if (this.#bounds[2 * n + 1]! > start) return n;
+      ok = t.advance();
+    }
+    return -1;
   }
 
   /** The item whose interval holds `key`. */
@@ -262,19 +299,16 @@ export class IntervalIndex<T> {
       return o[8 * i + 6]! <= within && within < o[8 * i + 7]! ? v : -1;
     }
     if (v !== NONE) {
-      const f = this.#tree.floor(key);
-      return f && key < f[1].end ? this.#slotOf.get(f[1].item)! : -1;
+      const t = this.#tree;
+      if (!t.seekFloor(key)) return -1;
+      const n = t.cursorValue!;
+      return key < this.#bounds[2 * n + 1]! ? n : -1;
     }
     // Coarser regions are claimed only by an interval that covers them whole.
     const w = levels[1]!.get(Math.floor(key / 262144));
     if (w >= 0) return w;
     const x = levels[2]!.get(Math.floor(key / 134217728));
     return x >= 0 ? x : -1;
-  }
-
-  /** The slot number of `item`, or -1. */
-  slotOf(item: T): number {
-    return this.#slotOf.get(item) ?? -1;
   }
 
   /** The item in slot `n` (a number slotContaining() or insert() gave). */
@@ -287,27 +321,39 @@ export class IntervalIndex<T> {
     return this.#bounds[2 * n]!;
   }
 
-  /** The first interval (by start) overlapping [start, end) that passes `filter`. */
+  /**
+   * The first interval (by start) overlapping [start, end) that passes `filter` (which must
+   * not call into this index: the walk uses the tree's one cursor).
+   */
   firstOverlap(start: number, end: number, filter?: (item: T) => boolean): T | undefined {
-    for (const item of this.overlapping(start, end)) if (!filter || filter(item)) return item;
+    const t = this.#tree;
+    let ok = t.seekFloor(start) || t.seekCeil(start);
+    while (ok && t.cursorKey < end) {
+      const n = t.cursorValue!;
+      if (this.#bounds[2 * n + 1]! > start) {
+        const item = this.#items[n]!;
+        if (!filter || filter(item)) return item;
+      }
+      ok = t.advance();
+    }
     return undefined;
   }
 
   *overlapping(start: number, end: number): IterableIterator<T> {
     const f = this.#tree.floor(start);
-    const from = f && f[1].end > start ? f[0] : start;
-    for (const [s, e] of this.#tree.entries(from)) {
+    const from = f && this.#bounds[2 * f[1] + 1]! > start ? f[0] : start;
+    for (const [s, n] of this.#tree.entries(from)) {
       if (s >= end) return;
-      if (e.end > start) yield e.item;
+      if (this.#bounds[2 * n + 1]! > start) yield this.#items[n]!;
     }
   }
 
   *items(): IterableIterator<T> {
-    for (const [, e] of this.#tree.entries()) yield e.item;
+    for (const [, n] of this.#tree.entries()) yield this.#items[n]!;
   }
 
   /** Approximate bytes held by the index. */
   get bytes(): number {
-    return this.#tree.size * 96 + this.#bounds.byteLength + this.#levels.reduce((s, t) => s + t.bytes, 0);
+    return this.#tree.size * 64 + this.#bounds.byteLength + this.#levels.reduce((s, t) => s + t.bytes, 0);
   }
 }

@@ -89,9 +89,23 @@ function fail(rule: string, message: string, extra: Partial<Violation> = {}): Vi
   return { rule, code: 'EINVAL', message, ...extra };
 }
 
+const OFFSET_LIMIT = 1n << 63n;
+
+function decide(op: MemslotOp, asId: number, id: number, baseGfn: bigint, npages: bigint, existing: SlotView | undefined): MemslotDecision {
+  return existing ? { op, asId, id, baseGfn, npages, existing } : { op, asId, id, baseGfn, npages };
+}
+
+/** kvm_arch_prepare_memory_region (x86): a new or moved slot must end within the MMU's reach. */
+function beyondMmu(op: MemslotOp, baseGfn: bigint, npages: bigint, ctx: MemslotContext): Violation | undefined {
+  if ((op !== 'create' && op !== 'move') || baseGfn + npages - 1n <= ctx.maxGfn) return undefined;
+  const page = ctx.pageSize;
+  return fail('memslot.max-gfn', `guest range ends at ${hex((baseGfn + npages) * page)}, beyond the highest guest frame the MMU maps (${hex((ctx.maxGfn + 1n) * page)})`);
+}
+
 /**
  * Decides what the kernel does with `r`: the first rule it breaks, or the operation it
- * performs. Pure: reads the context, changes nothing.
+ * performs. Pure: reads the context, changes nothing. (Each sum is computed once: BigInt
+ * arithmetic allocates, and this runs before every memslot call.)
  */
 export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | MemslotDecision {
   const page = ctx.pageSize;
@@ -123,7 +137,8 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
   if (r.userspaceAddr % page !== 0n || uend > U64_MAX || uend > ctx.userAddressMax) {
     return fail('memslot.userspace-addr', `userspaceAddr ${hex(r.userspaceAddr)} is not a page-aligned user address range of ${hex(r.memorySize)} bytes`);
   }
-  if (gmem && (r.guestMemfdOffset % page !== 0n || r.guestMemfdOffset + r.memorySize > U64_MAX)) {
+  const fileEnd = r.guestMemfdOffset + r.memorySize;
+  if (gmem && (r.guestMemfdOffset % page !== 0n || fileEnd > U64_MAX)) {
     return fail('memslot.gmem-offset', `guestMemfdOffset ${hex(r.guestMemfdOffset)} is not page-aligned or wraps`);
   }
   if (asId >= ctx.addressSpaces || id >= KVM_MEM_SLOTS_NUM) {
@@ -138,11 +153,10 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
   }
   const baseGfn = r.guestPhysAddr / page;
   const existing = ctx.slot(asId, id);
-  const decision = (op: MemslotOp): MemslotDecision => ({ op, asId, id, baseGfn, npages, ...(existing ? { existing } : {}) });
 
   if (npages === 0n) {
     if (!existing) return fail('memslot.delete-missing', `slot ${id} does not exist`, { conflict: { slot: id, asId }, books: true });
-    return decision('delete');
+    return decide('delete', asId, id, baseGfn, npages, existing);
   }
 
   let op: MemslotOp = 'create';
@@ -156,7 +170,7 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     }
     if (baseGfn !== existing.baseGfn) op = 'move';
     else if (r.flags !== existing.flags) op = 'flags';
-    else return decision('noop');
+    else return decide('noop', asId, id, baseGfn, npages, existing);
   }
 
   if (op === 'create' || op === 'move') {
@@ -173,15 +187,11 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     }
   }
 
-  // kvm_arch_prepare_memory_region (x86): the slot must end within the MMU's reach. Where
-  // this comes relative to the guest_memfd checks depends on the kernel (ctx.maxGfnCheck).
-  const beyondMmu = (): Violation | undefined =>
-    (op === 'create' || op === 'move') && baseGfn + npages - 1n > ctx.maxGfn
-      ? fail('memslot.max-gfn', `guest range ends at ${hex((baseGfn + npages) * page)}, beyond the highest guest frame the MMU maps (${hex((ctx.maxGfn + 1n) * page)})`)
-      : undefined;
+  // The slot must end within the MMU's reach: where this comes relative to the guest_memfd
+  // checks depends on the kernel (ctx.maxGfnCheck).
   const early = gmem && op === 'create' ? ctx.maxGfnCheck : undefined;
   if (early === 'first') {
-    const v = beyondMmu();
+    const v = beyondMmu(op, baseGfn, npages, ctx);
     if (v) return v;
   }
 
@@ -190,12 +200,12 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     if (g.kind === 'ebadf') return { rule: 'memslot.gmem-fd', code: 'EBADF', message: `guestMemfd ${r.guestMemfd} is not an open file`, books: true };
     if (g.kind === 'not-gmem') return fail('memslot.gmem-fd', `guestMemfd ${r.guestMemfd} is ${g.what}, not a guest_memfd`, { books: true });
     if (g.kind === 'foreign') return fail('memslot.gmem-owner', `guestMemfd ${r.guestMemfd} belongs to another VM`, { books: true });
-    const end = r.guestMemfdOffset + r.memorySize;
-    if (r.guestMemfdOffset >= 1n << 63n || end > g.size) {
+    const end = fileEnd;
+    if (r.guestMemfdOffset >= OFFSET_LIMIT || end > g.size) {
       return fail('memslot.gmem-bounds', `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is past the guest_memfd's end (${hex(g.size)})`);
     }
     if (early === 'before-bind') {
-      const v = beyondMmu();
+      const v = beyondMmu(op, baseGfn, npages, ctx);
       if (v) return v;
     }
     const pg = r.guestMemfdOffset / page;
@@ -212,7 +222,7 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
       };
     }
   }
-  return beyondMmu() ?? decision(op);
+  return beyondMmu(op, baseGfn, npages, ctx) ?? decide(op, asId, id, baseGfn, npages, existing);
 }
 
 /** kvm_mmu_max_gfn() on x86 with 52-bit physical addresses and 4 KiB pages. */

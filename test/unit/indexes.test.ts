@@ -63,7 +63,8 @@ describe('IntervalIndex', () => {
         }
         const want = ivs.map((iv, i) => [iv, i] as const).filter(([[a, b]]) => a < q + qlen && q < b).sort((x, y) => x[0][0] - y[0][0]).map(([, i]) => i);
         expect([...idx.overlapping(q, q + qlen)]).toEqual(want);
-        for (let i = 0; i < ivs.length; i += 2) idx.remove(i);
+        for (let i = 0; i < ivs.length; i += 2) expect(idx.remove(ivs[i]![0], i)).toBeGreaterThanOrEqual(0);
+        if (ivs.length > 1) expect(idx.remove(ivs[1]![0], 0)).toBe(-1); // another item starts there
         expect(idx.count).toBe(ivs.length - Math.ceil(ivs.length / 2));
       }),
       { numRuns: 200 },
@@ -97,7 +98,7 @@ describe('IntervalIndex point lookups across its region levels', () => {
         check();
         for (const r of removals) {
           if (!alive.has(r)) continue;
-          idx.remove(r);
+          expect(idx.remove(ivs[r]![0], r)).toBeGreaterThanOrEqual(0);
           alive.delete(r);
           check();
         }
@@ -127,6 +128,14 @@ describe('BTree', () => {
           expect(t.get(q)).toBe(m.get(q));
           expect(t.floor(q)?.[0]).toBe(keys.filter((k) => k <= q).pop());
           expect(t.ceil(q)?.[0]).toBe(keys.find((k) => k >= q));
+          // The cursor walks on from a seek through every later key, across leaves.
+          const from = keys.findIndex((k) => k >= q);
+          const walked: number[] = [];
+          for (let ok = t.seekCeil(q); ok; ok = t.advance()) walked.push(t.cursorKey);
+          expect(walked).toEqual(from < 0 ? [] : keys.slice(from));
+          const below = keys.filter((k) => k <= q);
+          expect(t.seekFloor(q)).toBe(below.length > 0);
+          if (below.length) expect([t.cursorKey, t.cursorValue]).toEqual([below.at(-1), below.at(-1)! * 3]);
         }
       }),
       { numRuns: 200 },

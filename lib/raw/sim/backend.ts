@@ -280,7 +280,7 @@ export class SimBackend implements RawBackend {
   #putVm(vm: SimVm): void {
     if (--vm.refs > 0) return;
     // kvm_destroy_vm -> kvm_free_memslots: every slot unbinds from its gmem.
-    for (const s of vm.slots.values()) s.file?.bindings.remove(s);
+    for (const s of vm.slots.values()) s.file?.bindings.remove(Number(s.pgoff), s);
     vm.slots.clear();
     vm.byGfn.clear();
   }
@@ -330,7 +330,7 @@ export class SimBackend implements RawBackend {
     // Slots stay (still GUEST_MEMFD) but lose the file; a later fault there is EFAULT.
     for (const s of [...f.bindings.items()]) {
       s.file = undefined;
-      f.bindings.remove(s);
+      f.bindings.remove(Number(s.pgoff), s);
     }
     if (f.hasStore) f.store.release();
     if (f.vm) this.#putVm(f.vm);
@@ -435,7 +435,7 @@ export class SimBackend implements RawBackend {
     if (!vma) return; // idempotent
     vma.store.unmap(vma.mapping);
     this.#vmas.delete(vma.mapping);
-    this.#vmaByAddress.remove(vma);
+    this.#vmaByAddress.remove(Number(vma.mapping.address), vma);
     if (vma.anonymous) vma.store.release();
     if (vma.file) this.#putFile(vma.file);
     if (vma.vcpu) this.#putVcpu(vma.vcpu);
@@ -490,13 +490,13 @@ export class SimBackend implements RawBackend {
     const slot = vm.slots.get(key);
     switch (d.op) {
       case 'delete':
-        idx.remove(slot!);
-        slot!.file?.bindings.remove(slot!);
+        idx.remove(Number(slot!.baseGfn), slot!);
+        slot!.file?.bindings.remove(Number(slot!.pgoff), slot!);
         vm.slots.delete(key);
         vm.rootGeneration++;
         return;
       case 'move':
-        idx.remove(slot!);
+        idx.remove(Number(slot!.baseGfn), slot!);
         slot!.baseGfn = d.baseGfn;
         idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot!);
         return;
