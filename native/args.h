@@ -18,7 +18,7 @@ inline constexpr double kMaxSafeInteger = 9007199254740991.0;
 // is a no-op, so callers check `ok` once.
 class Args {
  public:
-  static constexpr size_t kMax = 6;
+  static constexpr size_t kMax = 8;
   // `want`: how many arguments the function reads (fewer slots to fill on hot calls).
   Args(napi_env env, napi_callback_info info, size_t want = kMax) : env(env), argc_(want) {
     napi_get_cb_info(env, info, &argc_, argv_, nullptr, &data_);
@@ -77,6 +77,15 @@ class Args {
     return argv_[i];
   }
 
+  // Fields of a struct passed flat, one argument each (hot calls read no properties); an
+  // undefined one is 0, as in a C initializer, unless `required`.
+  uint32_t Uint32Field(size_t i, const char* name, bool required) {
+    return Present(i, name, required) ? Uint32(i, name) : 0;
+  }
+  uint64_t Uint64Field(size_t i, const char* name, bool required) {
+    return Present(i, name, required) ? Uint64(i, name) : 0;
+  }
+
   // Properties of a struct-like object; optional ones default to 0, as in a C initializer.
   uint32_t Uint32Prop(napi_value o, const char* key, bool required) {
     napi_value v = Prop(o, key, required);
@@ -101,6 +110,16 @@ class Args {
   }
 
  private:
+  // Whether argument i is given (not undefined); a missing required one fails.
+  bool Present(size_t i, const char* name, bool required) {
+    if (!ok) return false;
+    napi_valuetype t;
+    napi_typeof(env, argv_[i], &t);
+    if (t != napi_undefined) return true;
+    if (required) Fail(true, std::string(name) + " is required");
+    return false;
+  }
+
   // The property's value, or nullptr when absent (undefined) or after a failure.
   napi_value Prop(napi_value o, const char* key, bool required) {
     if (!ok) return nullptr;
@@ -129,11 +148,17 @@ class Args {
     return IntegerFailed(v, name, lo, hi);
   }
 
+  // A safe-integer number, or a bigint that fits (the typed layer passes bigints).
   uint64_t Uint64Of(napi_value v, const char* name) {
-    double d;
-    if (ok && napi_get_value_double(env, v, &d) == napi_ok && d >= 0 && d <= kMaxSafeInteger &&
-        d == static_cast<double>(static_cast<uint64_t>(d)))
-      return static_cast<uint64_t>(d);
+    if (ok) {
+      double d;
+      napi_status s = napi_get_value_double(env, v, &d);
+      if (s == napi_ok && d >= 0 && d <= kMaxSafeInteger && d == static_cast<double>(static_cast<uint64_t>(d)))
+        return static_cast<uint64_t>(d);
+      uint64_t u;
+      bool lossless = false;
+      if (s == napi_number_expected && napi_get_value_bigint_uint64(env, v, &u, &lossless) == napi_ok && lossless) return u;
+    }
     return Uint64Slow(v, name);
   }
 

@@ -17,7 +17,8 @@ import { traced } from './trace.js';
 import type { RawBackend, RawMapping } from './types.js';
 import type { U64 } from '../base/args.js';
 
-type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'madvise' | 'run'> & {
+type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'madvise' | 'run' | 'setUserMemoryRegion2'> & {
+  setUserMemoryRegion2(fd: number, slot: unknown, flags: unknown, guestPhysAddr: unknown, memorySize: unknown, userspaceAddr: unknown, guestMemfdOffset: unknown, guestMemfd: unknown): void;
   setErrorClass(ctor: typeof KvmError): void;
   mmap(fd: number, length: U64, offset: U64, prot: number, flags: number): number;
   mappingBuffer(address: U64, offset?: number, length?: number): ArrayBuffer;
@@ -136,7 +137,12 @@ export function nativeBackend(): RawBackend {
     createVcpu: a.createVcpu,
     createGuestMemfd: a.createGuestMemfd,
     setUserMemoryRegion: a.setUserMemoryRegion,
-    setUserMemoryRegion2: a.setUserMemoryRegion2,
+    setUserMemoryRegion2: (fd, region) => {
+      // Flat for the addon (it reads no properties: see addon.cc), in the struct's order.
+      if (typeof region !== 'object' || region === null) throw new TypeError('region must be an object');
+      const { slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd } = region;
+      a.setUserMemoryRegion2(fd, slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd);
+    },
     enableCap: a.enableCap,
     setMemoryAttributes: a.setMemoryAttributes,
     preFaultMemory: a.preFaultMemory,

@@ -140,7 +140,8 @@ describe('native addon against hostile callers', () => {
     const r = child(`
       const calls = {
         setUserMemoryRegion: (fd, o) => a.setUserMemoryRegion(fd, o),
-        setUserMemoryRegion2: (fd, o) => a.setUserMemoryRegion2(fd, o),
+        // The addon takes this one's fields flat (lib/raw/native.ts reads them first, as here).
+        setUserMemoryRegion2: (fd, o) => a.setUserMemoryRegion2(fd, o.slot, o.flags, o.guestPhysAddr, o.memorySize, o.userspaceAddr, o.guestMemfdOffset, o.guestMemfd),
         setMemoryAttributes: (fd, o) => a.setMemoryAttributes(fd, o),
         preFaultMemory: (fd, o) => a.preFaultMemory(fd, o),
         enableCap: (fd, o) => a.enableCap(fd, 233, o),
@@ -209,7 +210,7 @@ describe('native addon against hostile callers', () => {
         const calls = {
           fstat: () => a.fstat(f), ftruncate: () => a.ftruncate(f, 0), fallocate: () => a.fallocate(f, 3, 0, 4096),
           mmap: () => a.mmap(f, 4096, 0, 3, 1), checkExtension: () => a.checkExtension(f, 0),
-          setUserMemoryRegion2: () => a.setUserMemoryRegion2(f, { slot: 0, guestPhysAddr: 0n, memorySize: 4096n }),
+          setUserMemoryRegion2: () => a.setUserMemoryRegion2(f, 0, 0, 0n, 4096n),
           close: () => a.close(f), 'close again': () => a.close(f),
         };
         for (const [name, call] of Object.entries(calls)) { step(name); console.log(name + ' -> ' + attempt(call)); }
