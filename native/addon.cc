@@ -165,7 +165,13 @@ napi_value CreateFd(napi_env env, napi_callback_info info, unsigned long request
   int fd = a.Fd(0, "fd");
   uint32_t arg = a.Uint32(1, request == KVM_CREATE_VM ? "type" : "vcpuId");
   if (!a.Done()) return nullptr;
-  int r = sys::Ioctl(fd, request, static_cast<unsigned long>(arg));
+  int r;
+  // KVM_CREATE_VM fails with EINTR when any signal arrives while it registers its MMU
+  // notifier (mm_take_all_locks gives up on a pending signal; a Node process has many VMAs,
+  // so this takes a while): a profiler's SIGPROF made it fail every time in the lab. Nothing
+  // was created, so it is retried, as QEMU does.
+  do r = sys::Ioctl(fd, request, static_cast<unsigned long>(arg));
+  while (r < 0 && errno == EINTR && request == KVM_CREATE_VM);
   return r < 0 ? Fail(a, "ioctl", name) : a.addon()->NewFd(env, r, request == KVM_CREATE_VM ? Kind::Vm : Kind::Vcpu);
 }
 
