@@ -200,32 +200,55 @@ const keyOf = (asId: number, id: number) => (asId << 16) | id;
 
 /**
  * One address space's slots by guest frame, and beside each (by the index's slot number) what
- * translate() reads: the file offset and userspace_addr in pages, and the gmem. A lookup then
- * touches typed arrays and the result, not the Memslot object and its BigInt fields: spread
- * over 32,764 slots, every object touched is a cache miss.
+ * translate() reads, in one row of a typed array: the first gfn, the file offset and
+ * userspace_addr in pages, and the gmem (a small id). A lookup then touches the region entry,
+ * that row and the slot reference, not the Memslot object and its BigInt fields: spread over
+ * 32,764 slots, every separate array or object touched is a cache miss.
  */
 class SpaceBooks {
   readonly index = new IntervalIndex<Memslot>();
-  /** [guestMemfdOffset / page, userspaceAddr / page] by slot number. */
-  pages = new Float64Array(64);
-  gmems: (GuestMemfd | undefined)[] = [];
+  /** [first gfn, guestMemfdOffset / page, userspaceAddr / page, gmem id] by slot number. */
+  rows = new Float64Array(4 * 32);
+  /** Gmem ids (0: none), counted by the slots using them, reused once none does. */
+  gmems: (GuestMemfd | undefined)[] = [undefined];
+  #gmemIds = new Map<GuestMemfd, { id: number; slots: number }>();
+  #freeIds: number[] = [];
 
   insert(slot: Memslot, page: bigint): void {
     const b = bookOf(slot);
     const n = this.index.insert(b.gfn, b.gfn + b.npages, slot);
-    if (this.pages.length < 2 * (n + 1)) {
-      const grown = new Float64Array(this.pages.length * 2);
-      grown.set(this.pages);
-      this.pages = grown;
+    if (this.rows.length < 4 * (n + 1)) {
+      const grown = new Float64Array(this.rows.length * 2);
+      grown.set(this.rows);
+      this.rows = grown;
     }
-    this.pages[2 * n] = b.filePage;
-    this.pages[2 * n + 1] = slot.userspaceAddr === 0n ? 0 : Number(slot.userspaceAddr / page);
-    this.gmems[n] = slot.guestMemfd;
+    const r = 4 * n;
+    this.rows[r] = b.gfn;
+    this.rows[r + 1] = b.filePage;
+    this.rows[r + 2] = slot.userspaceAddr === 0n ? 0 : Number(slot.userspaceAddr / page);
+    this.rows[r + 3] = slot.guestMemfd ? this.#gmemId(slot.guestMemfd) : 0;
   }
 
   remove(slot: Memslot): void {
     const n = this.index.remove(bookOf(slot).gfn, slot);
-    if (n >= 0) this.gmems[n] = undefined;
+    const g = slot.guestMemfd;
+    const e = n >= 0 && g ? this.#gmemIds.get(g) : undefined;
+    if (e && --e.slots === 0) {
+      this.#gmemIds.delete(g!);
+      this.gmems[e.id] = undefined;
+      this.#freeIds.push(e.id);
+    }
+  }
+
+  #gmemId(g: GuestMemfd): number {
+    let e = this.#gmemIds.get(g);
+    if (!e) {
+      const id = this.#freeIds.pop() ?? this.gmems.length;
+      this.gmems[id] = g;
+      this.#gmemIds.set(g, (e = { id, slots: 0 }));
+    }
+    e.slots++;
+    return e.id;
   }
 }
 
@@ -276,12 +299,14 @@ export class MemslotBooks {
     const n = sp.index.slotContaining(gfn);
     if (n < 0) return undefined;
     const slot = sp.index.itemAt(n);
-    const guestMemfd = sp.gmems[n];
+    const rows = sp.rows;
+    const r = 4 * n;
+    const guestMemfd = sp.gmems[rows[r + 3]!];
     const page = this.#pageSize;
     const at = Number(gpa);
-    const inSlot = at - sp.index.startAt(n) * page;
-    const fileAt = sp.pages[2 * n]! * page + inSlot;
-    const upg = sp.pages[2 * n + 1]!;
+    const inSlot = at - rows[r]! * page;
+    const fileAt = rows[r + 1]! * page + inSlot;
+    const upg = rows[r + 2]!;
     const hostAt = upg * page + inSlot;
     if (at <= Number.MAX_SAFE_INTEGER && fileAt <= Number.MAX_SAFE_INTEGER && hostAt <= Number.MAX_SAFE_INTEGER) {
       return { slot, slotOffset: BigInt(inSlot), guestMemfd, offset: guestMemfd ? BigInt(fileAt) : undefined, userspaceAddr: upg === 0 ? 0n : BigInt(hostAt) };
