@@ -594,11 +594,9 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
       S('setUserMemoryRegion', 'setUserMemoryRegion(vmFd, {slot, flags, guestPhysAddr, memorySize, userspaceAddr})',
         [u32, { ...u32, opt: true }, u64, u64, u64opt], () => [0, 0, 0n, PAGE, 0n],
         (slot, flags, guestPhysAddr, memorySize, userspaceAddr) => x.setUserMemoryRegion!(fds.vm, { slot, flags, guestPhysAddr, memorySize, userspaceAddr })),
-      S('setUserMemoryRegion2', 'setUserMemoryRegion2(vmFd, region)', [fd, obj], () => [fds.vm, region({})]),
-      S('setUserMemoryRegion2', 'setUserMemoryRegion2(vmFd, {slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd})',
-        [u32, { ...u32, opt: true }, u64, u64, u64opt, u64opt, { ...u32, opt: true }], () => [0, 4, 0n, PAGE, 0n, 0n, 0],
-        (slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd) =>
-          x.setUserMemoryRegion2!(fds.vm, { slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd })),
+      // (The hot call takes the region's fields flat; lib/raw/native.ts reads the object.)
+      S('setUserMemoryRegion2', 'setUserMemoryRegion2(vmFd, slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd)',
+        [fd, u32, { ...u32, opt: true }, u64, u64, u64opt, u64opt, { ...u32, opt: true }], () => [fds.vm, 0, 4, 0n, PAGE, 0n, 0n, 0]),
       S('setMemoryAttributes', 'setMemoryAttributes(vmFd, attributes)', [fd, obj], () => [fds.vm, { address: 0n, size: PAGE, attributes: 0n }]),
       S('setMemoryAttributes', 'setMemoryAttributes(vmFd, {address, size, attributes, flags})', [u64, u64, u64, u64opt], () => [0n, PAGE, 0n, 0n],
         (address, size, attributes, flags) => x.setMemoryAttributes!(fds.vm, { address, size, attributes, flags })),
@@ -673,7 +671,7 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
         ['createVcpu', () => x.createVcpu!(bad, 0)],
         ['createGuestMemfd', () => x.createGuestMemfd!(bad, PAGE, 0n)],
         ['setUserMemoryRegion', () => x.setUserMemoryRegion!(bad, region({}))],
-        ['setUserMemoryRegion2', () => x.setUserMemoryRegion2!(bad, region({}))],
+        ['setUserMemoryRegion2', () => x.setUserMemoryRegion2!(bad, 0, 0, 0n, PAGE, 0n)],
         ['setMemoryAttributes', () => x.setMemoryAttributes!(bad, { address: 0n, size: PAGE, attributes: 0n })],
         ['preFaultMemory', () => x.preFaultMemory!(bad, { gpa: 0n, size: PAGE })],
         ['fallocate', () => x.fallocate!(bad, 1, 0n, PAGE)],
@@ -741,9 +739,9 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
     const x = a();
     class Trap extends Error {}
     const getter = Object.defineProperty(region({}), 'memorySize', { get: () => { throw new Trap('getter'); } });
-    expect(() => x.setUserMemoryRegion2!(fds.vm, getter)).toThrow(Trap);
+    expect(() => x.setUserMemoryRegion!(fds.vm, getter)).toThrow(Trap);
     const proxy = new Proxy({}, { get: () => { throw new Trap('proxy'); } });
-    for (const fn of ['setUserMemoryRegion', 'setUserMemoryRegion2', 'setMemoryAttributes', 'preFaultMemory']) {
+    for (const fn of ['setUserMemoryRegion', 'setMemoryAttributes', 'preFaultMemory']) {
       expect(() => x[fn]!(fds.vm, proxy)).toThrow(Trap);
     }
     expect(() => x.open!('/dev/kvm\0/etc/passwd')).toThrow(TypeError);
@@ -997,7 +995,7 @@ const HAMMER = `
   const shapes = {
     setErrorClass: ['ctor'], open: ['path'], close: ['fd'], getApiVersion: ['fd'], checkExtension: ['fd', 'int'], createVm: ['fd', 'int'],
     getVcpuMmapSize: ['fd'], createVcpu: ['fd', 'int'], createGuestMemfd: ['fd', 'u64', 'u64'], setUserMemoryRegion: ['fd', 'struct'],
-    setUserMemoryRegion2: ['fd', 'struct'], setMemoryAttributes: ['fd', 'struct'], preFaultMemory: ['vcpuFd', 'struct'],
+    setUserMemoryRegion2: ['fd', 'int', 'int', 'u64', 'u64', 'u64', 'u64', 'int'], setMemoryAttributes: ['fd', 'struct'], preFaultMemory: ['vcpuFd', 'struct'],
     fallocate: ['fd', 'int', 'u64', 'u64'], fstat: ['fd'], mmap: ['fd', 'u64', 'u64', 'int', 'int'], munmap: ['addr'], mappingBuffer: ['addr'],
     getRegs: ['vcpuFd'], setRegs: ['vcpuFd', 'bytes'], getSregs: ['vcpuFd'], setSregs: ['vcpuFd', 'bytes'], run: ['vcpuFd', 'runArea'], kick: ['token'],
     madvise: ['addr', 'u64', 'u64', 'int'], memfdCreate: ['path'], ftruncate: ['fd', 'u64'], enableCap: ['fd', 'int'],
