@@ -86,37 +86,41 @@ class RegionTable {
     return i < 0 ? NONE : this.values[4 * i + 2]!;
   }
 
-  /** Sets region `key` to `value`, owned by the interval [start, end) (in keys). */
-  set(key: number, value: number, start: number, end: number): void {
+  /** Where `key` is (>= 0), or -1 - where it would go (the first tombstone or the empty entry ending the probe). */
+  #probe(key: number): number {
     const keys = this.keys;
     const mask = (keys.length >> 1) - 1;
-    let at = -1;
-    let fresh = false;
+    let tomb = -1;
     for (let i = this.#home(key); ; i = (i + 1) & mask) {
       const k = keys[2 * i]!;
-      if (k === key) {
-        at = i;
-        break;
-      }
-      if (k === DELETED_KEY && at < 0) at = i;
-      if (k === EMPTY_KEY) {
-        if (at < 0) {
-          at = i;
-          this.used++;
-        }
-        fresh = true;
-        break;
-      }
+      if (k === key) return i;
+      if (k === DELETED_KEY && tomb < 0) tomb = i;
+      if (k === EMPTY_KEY) return -1 - (tomb < 0 ? i : tomb);
     }
+  }
+
+  #write(at: number, key: number, value: number, start: number, end: number): void {
     const base = key * this.size;
-    keys[2 * at] = key;
+    this.keys[2 * at] = key;
     this.values[4 * at + 2] = value;
     this.offsets[8 * at + 6] = Math.max(0, Math.min(this.size, start - base)) & 0xffff;
     this.offsets[8 * at + 7] = Math.max(0, Math.min(this.size, end - base)) & 0xffff;
-    if (!fresh) return;
+  }
+
+  /** A new key at `at` (a place #probe gave); grows or cleans the table when it is half used. */
+  #insertAt(at: number, key: number, value: number, start: number, end: number): void {
+    if (this.keys[2 * at] === EMPTY_KEY) this.used++;
+    this.#write(at, key, value, start, end);
     this.live++;
     const capacity = this.capacity;
     if (this.used * 2 > capacity) this.#rehash(this.live * 4 > capacity ? capacity * 2 : capacity);
+  }
+
+  /** Sets region `key` to `value`, owned by the interval [start, end) (in keys). */
+  set(key: number, value: number, start: number, end: number): void {
+    const p = this.#probe(key);
+    if (p >= 0) this.#write(p, key, value, start, end);
+    else this.#insertAt(-1 - p, key, value, start, end);
   }
 
   /**
@@ -124,33 +128,10 @@ class RegionTable {
    * free, else shared by one more (one probe sequence, where get() then set() take two).
    */
   claim(key: number, slot: number, start: number, end: number): void {
-    const keys = this.keys;
-    const mask = (keys.length >> 1) - 1;
-    let at = -1;
-    for (let i = this.#home(key); ; i = (i + 1) & mask) {
-      const k = keys[2 * i]!;
-      if (k === key) {
-        const v = this.values[4 * i + 2]!;
-        this.values[4 * i + 2] = v >= 0 ? -2 : v - 1;
-        return;
-      }
-      if (k === DELETED_KEY && at < 0) at = i;
-      if (k === EMPTY_KEY) {
-        if (at < 0) {
-          at = i;
-          this.used++;
-        }
-        break;
-      }
-    }
-    const base = key * this.size;
-    keys[2 * at] = key;
-    this.values[4 * at + 2] = slot;
-    this.offsets[8 * at + 6] = Math.max(0, Math.min(this.size, start - base)) & 0xffff;
-    this.offsets[8 * at + 7] = Math.max(0, Math.min(this.size, end - base)) & 0xffff;
-    this.live++;
-    const capacity = this.capacity;
-    if (this.used * 2 > capacity) this.#rehash(this.live * 4 > capacity ? capacity * 2 : capacity);
+    const p = this.#probe(key);
+    if (p < 0) return this.#insertAt(-1 - p, key, slot, start, end);
+    const v = this.values[4 * p + 2]!;
+    this.values[4 * p + 2] = v >= 0 ? -2 : v - 1;
   }
 
   delete(key: number): void {
@@ -268,13 +249,17 @@ export class IntervalIndex<T> {
     else table.delete(r);
   }
 
-  /** The slot of the first interval (by start) overlapping [start, end), or -1. */
-  #firstOverlapSlot(start: number, end: number): number {
+  /**
+   * The slot of the first interval (by start) overlapping [start, end) whose item passes
+   * `filter`, or -1. (`filter` must not call into this index: the walk uses the tree's one
+   * cursor.)
+   */
+  #firstOverlapSlot(start: number, end: number, filter?: (item: T) => boolean): number {
     const t = this.#tree;
     let ok = t.seekFloor(start) || t.seekCeil(start);
     while (ok && t.cursorKey < end) {
       const n = t.cursorValue!;
-      if (this.#bounds[2 * n + 1]! > start) return n;
+      if (this.#bounds[2 * n + 1]! > start && (!filter || filter(this.#items[n]!))) return n;
       ok = t.advance();
     }
     return -1;
@@ -321,22 +306,10 @@ export class IntervalIndex<T> {
     return this.#bounds[2 * n]!;
   }
 
-  /**
-   * The first interval (by start) overlapping [start, end) that passes `filter` (which must
-   * not call into this index: the walk uses the tree's one cursor).
-   */
+  /** The first interval (by start) overlapping [start, end) that passes `filter` (see #firstOverlapSlot). */
   firstOverlap(start: number, end: number, filter?: (item: T) => boolean): T | undefined {
-    const t = this.#tree;
-    let ok = t.seekFloor(start) || t.seekCeil(start);
-    while (ok && t.cursorKey < end) {
-      const n = t.cursorValue!;
-      if (this.#bounds[2 * n + 1]! > start) {
-        const item = this.#items[n]!;
-        if (!filter || filter(item)) return item;
-      }
-      ok = t.advance();
-    }
-    return undefined;
+    const n = this.#firstOverlapSlot(start, end, filter);
+    return n < 0 ? undefined : this.#items[n];
   }
 
   *overlapping(start: number, end: number): IterableIterator<T> {
