@@ -240,6 +240,49 @@ napi_value SetUserMemoryRegion2(napi_env env, napi_callback_info info) {
   return sys::Ioctl(fd, KVM_SET_USER_MEMORY_REGION2, &r) < 0 ? Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION2") : Undefined(env);
 }
 
+// setUserMemoryRegions2(vmFd, records): KVM_SET_USER_MEMORY_REGION2 for each record of a
+// BigUint64Array, in order, stopping at the first refusal: its KvmError carries `index`, the
+// records before it were applied. A record is six u64 words: slot (low half) and flags (high
+// half), guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset, guest_memfd (low
+// half). lib/raw/native.ts packs them from region objects, checked there: reading seven
+// properties per region here cost more than the JavaScript that packs them (under emulation,
+// a tenth of a memslot call). The batch path of a VMM that sets up or tears down many slots:
+// one call into the addon, the ioctls back to back.
+napi_value SetUserMemoryRegions2(napi_env env, napi_callback_info info) {
+  Args a(env, info, 2);
+  int fd = a.Fd(0, "vmFd");
+  napi_typedarray_type type = napi_int8_array;
+  size_t length = 0;
+  void* data = nullptr;
+  bool isTyped = false;
+  if (a.ok) napi_is_typedarray(env, a.arg(1), &isTyped);
+  if (a.ok && isTyped) napi_get_typedarray_info(env, a.arg(1), &type, &length, &data, nullptr, nullptr);
+  if (a.ok && (!isTyped || type != napi_biguint64_array)) a.Fail(true, "records must be a BigUint64Array");
+  if (a.ok && length % 6 != 0) a.Fail(false, "records must hold six words per region");
+  if (!a.Done()) return nullptr;
+  const uint64_t* w = static_cast<const uint64_t*>(data);
+  kvm_userspace_memory_region2 r = {};
+  for (size_t i = 0; i < length / 6; i++, w += 6) {
+    r.slot = static_cast<uint32_t>(w[0]);
+    r.flags = static_cast<uint32_t>(w[0] >> 32);
+    r.guest_phys_addr = w[1];
+    r.memory_size = w[2];
+    r.userspace_addr = w[3];
+    r.guest_memfd_offset = w[4];
+    r.guest_memfd = static_cast<uint32_t>(w[5]);
+    if (sys::Ioctl(fd, KVM_SET_USER_MEMORY_REGION2, &r) == 0) continue;
+    Fail(a, "ioctl", "KVM_SET_USER_MEMORY_REGION2");
+    napi_value error, index;
+    if (napi_get_and_clear_last_exception(env, &error) == napi_ok) {
+      napi_create_uint32(env, static_cast<uint32_t>(i), &index);
+      napi_set_named_property(env, error, "index", index);
+      napi_throw(env, error);
+    }
+    return nullptr;
+  }
+  return Undefined(env);
+}
+
 // setMemoryAttributes(vmFd, { address, size, attributes, flags }).
 napi_value SetMemoryAttributes(napi_env env, napi_callback_info info) {
   Args a(env, info);
@@ -586,6 +629,7 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
       {"createGuestMemfd", CreateGuestMemfd},
       {"setUserMemoryRegion", SetUserMemoryRegion},
       {"setUserMemoryRegion2", SetUserMemoryRegion2},
+      {"setUserMemoryRegions2", SetUserMemoryRegions2},
       {"setMemoryAttributes", SetMemoryAttributes},
       {"preFaultMemory", PreFaultMemory},
       {"fallocate", Fallocate},

@@ -14,11 +14,12 @@ import { fileURLToPath } from 'node:url';
 import { markAsUntransferable } from 'node:worker_threads';
 import { KvmError } from '../base/errors.js';
 import { traced } from './trace.js';
-import type { RawBackend, RawMapping } from './types.js';
-import type { U64 } from '../base/args.js';
+import type { RawBackend, RawMapping, RawRegion2 } from './types.js';
+import { toInt, toU64, typeName, type U64 } from '../base/args.js';
 
-type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'madvise' | 'run' | 'setUserMemoryRegion2'> & {
+type Addon = Omit<RawBackend, 'kind' | 'munmap' | 'mmap' | 'madvise' | 'run' | 'setUserMemoryRegion2' | 'setUserMemoryRegions2'> & {
   setUserMemoryRegion2(fd: number, slot: unknown, flags: unknown, guestPhysAddr: unknown, memorySize: unknown, userspaceAddr: unknown, guestMemfdOffset: unknown, guestMemfd: unknown): void;
+  setUserMemoryRegions2(fd: number, records: BigUint64Array): void;
   setErrorClass(ctor: typeof KvmError): void;
   mmap(fd: number, length: U64, offset: U64, prot: number, flags: number): number;
   mappingBuffer(address: U64, offset?: number, length?: number): ArrayBuffer;
@@ -117,6 +118,31 @@ function tryLoad(): { addon?: Addon; error?: Error } {
   return fail(`kvm-gmem: cannot load the native addon; tried: ${tried.join('; ')}. ${hint}`);
 }
 
+/**
+ * Regions as the addon's batch call reads them: six u64 words each (slot | flags << 32, gpa,
+ * size, userspace_addr, guest_memfd_offset, guest_memfd), every field checked first as the
+ * single call checks it (a bad one is a TypeError or RangeError before any ioctl).
+ */
+function packRegions(regions: readonly RawRegion2[]): BigUint64Array {
+  if (!Array.isArray(regions)) throw new TypeError(`regions must be an array, got ${typeName(regions)}`);
+  const words = new BigUint64Array(6 * regions.length);
+  const halves = new Uint32Array(words.buffer);
+  for (let i = 0; i < regions.length; i++) {
+    const r: unknown = regions[i];
+    if (typeof r !== 'object' || r === null) throw new TypeError(`regions[${i}] must be an object, got ${typeName(r)}`);
+    const { slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd } = r as RawRegion2;
+    const w = 6 * i;
+    halves[2 * w] = toInt(slot, 'slot', 0, 2 ** 32 - 1);
+    halves[2 * w + 1] = flags === undefined ? 0 : toInt(flags, 'flags', 0, 2 ** 32 - 1);
+    words[w + 1] = toU64(guestPhysAddr, 'guestPhysAddr');
+    words[w + 2] = toU64(memorySize, 'memorySize');
+    if (userspaceAddr !== undefined) words[w + 3] = toU64(userspaceAddr, 'userspaceAddr');
+    if (guestMemfdOffset !== undefined) words[w + 4] = toU64(guestMemfdOffset, 'guestMemfdOffset');
+    if (guestMemfd !== undefined) halves[2 * (w + 5)] = toInt(guestMemfd, 'guestMemfd', 0, 2 ** 32 - 1);
+  }
+  return words;
+}
+
 let backend: RawBackend | undefined;
 
 /** The native RawBackend (one per environment). */
@@ -143,6 +169,7 @@ export function nativeBackend(): RawBackend {
       const { slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd } = region;
       a.setUserMemoryRegion2(fd, slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd);
     },
+    setUserMemoryRegions2: (fd, regions) => a.setUserMemoryRegions2(fd, packRegions(regions)),
     enableCap: a.enableCap,
     setMemoryAttributes: a.setMemoryAttributes,
     preFaultMemory: a.preFaultMemory,

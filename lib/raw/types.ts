@@ -125,6 +125,12 @@ export interface RawBackend {
   setUserMemoryRegion(vmFd: Handle, region: RawRegion): void;
   /** KVM_SET_USER_MEMORY_REGION2 */
   setUserMemoryRegion2(vmFd: Handle, region: RawRegion2): void;
+  /**
+   * KVM_SET_USER_MEMORY_REGION2 for each region in order, back to back (every region is read
+   * first; a bad one is a TypeError or RangeError before any call). Stops at the first
+   * refusal: its KvmError has `index`, and the regions before it were applied.
+   */
+  setUserMemoryRegions2(vmFd: Handle, regions: readonly RawRegion2[]): void;
   /** KVM_ENABLE_CAP(cap, args[0..3]) on a VM (or vCPU) fd */
   enableCap(fd: Handle, cap: number, args?: readonly U64[]): void;
   /** KVM_SET_MEMORY_ATTRIBUTES */
@@ -166,7 +172,7 @@ export interface RawBackend {
 /** The names of the RawBackend's functions (for tracing and for tests that walk them). */
 export const rawFunctionNames = [
   'open', 'close', 'getApiVersion', 'checkExtension', 'createVm', 'getVcpuMmapSize',
-  'createVcpu', 'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2',
+  'createVcpu', 'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2', 'setUserMemoryRegions2',
   'enableCap', 'setMemoryAttributes', 'preFaultMemory', 'fallocate', 'fstat', 'mmap', 'munmap', 'madvise', 'memfdCreate', 'ftruncate',
   'getRegs', 'setRegs', 'getSregs', 'setSregs', 'run',
 ] as const satisfies readonly (keyof RawBackend)[];

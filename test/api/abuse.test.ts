@@ -50,7 +50,8 @@ type Kind =
   | { t: 'enum'; values: readonly string[]; opt?: boolean; orInt?: [number, number] }
   | { t: 'string'; opt?: boolean }
   | { t: 'instance'; of: abstract new (...a: never[]) => unknown; opt?: boolean }
-  | { t: 'ms'; opt?: boolean };
+  | { t: 'ms'; opt?: boolean }
+  | { t: 'objects'; opt?: boolean };
 
 const u64: Kind = { t: 'u64' };
 const u64opt: Kind = { t: 'u64', opt: true };
@@ -58,6 +59,8 @@ const int = (min: number, max: number, opt = false): Kind => ({ t: 'int', min, m
 const boolOpt: Kind = { t: 'bool', opt: true };
 const obj: Kind = { t: 'object' };
 const objOpt: Kind = { t: 'object', opt: true };
+/** An array of options objects (a batch). */
+const objects: Kind = { t: 'objects' };
 const VM_TYPES = Object.keys(constants.VmType);
 const vmType: Kind = { t: 'enum', values: VM_TYPES, opt: true, orInt: [0, 2 ** 32 - 1] };
 
@@ -90,6 +93,8 @@ function want(kind: Kind, v: unknown): Want {
     case 'ms':
       if (typeof v !== 'number') return 'TypeError';
       return Number.isFinite(v) && v >= 0 ? undefined : 'RangeError';
+    case 'objects':
+      return Array.isArray(v) && v.every((x) => typeof x === 'object' && x !== null && !Array.isArray(x)) ? undefined : 'TypeError';
   }
 }
 
@@ -253,6 +258,15 @@ describe.skipIf(unavailable)(`typed API under abuse (${backendName}: ${unavailab
       call: (userspace) => vm.memslots.add({ guestPhysAddr: 64n * MiB, size: PAGE, userspace, userspaceOffset: MiB } as never),
     },
     { name: 'memslots.delete(id, asId)', kinds: [int(0, 0xffff), int(0, 0xffff, true)], valid: () => [7, 0], call: (i, a) => vm.memslots.delete(i as number, a as number) },
+    { name: 'memslots.addMany(list)', kinds: [objects], valid: () => [[{ guestPhysAddr: 64n * MiB, size: PAGE, guestMemfd: gmem, guestMemfdOffset: MiB }]], call: (l) => vm.memslots.addMany(l as never) },
+    {
+      name: 'memslots.addMany([{slot, asId, guestPhysAddr, size, guestMemfd, guestMemfdOffset, userspaceOffset, readonly, logDirtyPages}])',
+      kinds: [int(0, 0xffff, true), int(0, 0xffff, true), u64, u64, { t: 'instance', of: GuestMemfd, opt: true }, u64opt, u64opt, boolOpt, boolOpt],
+      valid: () => [5, 0, 64n * MiB, PAGE, gmem, MiB, undefined, false, false],
+      call: (slot, asId, guestPhysAddr, size, guestMemfd, guestMemfdOffset, userspaceOffset, readonly, logDirtyPages) =>
+        vm.memslots.addMany([{ slot, asId, guestPhysAddr, size, guestMemfd, guestMemfdOffset, userspaceOffset, readonly, logDirtyPages } as never]),
+    },
+    { name: 'memslots.deleteMany([id], asId)', kinds: [int(0, 0xffff), int(0, 0xffff, true)], valid: () => [7, 0], call: (i, a) => vm.memslots.deleteMany([i as number], a as number) },
     // vm.attributes
     { name: 'attributes.get(gpa)', kinds: [u64], valid: () => [0n], call: (g) => vm.attributes.get(g as never) },
     { name: 'attributes.isPrivate(gpa)', kinds: [u64], valid: () => [0n], call: (g) => vm.attributes.isPrivate(g as never) },
@@ -597,6 +611,8 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
       // (The hot call takes the region's fields flat; lib/raw/native.ts reads the object.)
       S('setUserMemoryRegion2', 'setUserMemoryRegion2(vmFd, slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd)',
         [fd, u32, { ...u32, opt: true }, u64, u64, u64opt, u64opt, { ...u32, opt: true }], () => [fds.vm, 0, 4, 0n, PAGE, 0n, 0n, 0]),
+      // (The batch takes the regions packed, six u64 words each; lib/raw/native.ts packs them.)
+      S('setUserMemoryRegions2', 'setUserMemoryRegions2(vmFd, records)', [fd, { t: 'instance', of: BigUint64Array }], () => [fds.vm, new BigUint64Array(0)]),
       S('setMemoryAttributes', 'setMemoryAttributes(vmFd, attributes)', [fd, obj], () => [fds.vm, { address: 0n, size: PAGE, attributes: 0n }]),
       S('setMemoryAttributes', 'setMemoryAttributes(vmFd, {address, size, attributes, flags})', [u64, u64, u64, u64opt], () => [0n, PAGE, 0n, 0n],
         (address, size, attributes, flags) => x.setMemoryAttributes!(fds.vm, { address, size, attributes, flags })),
@@ -644,7 +660,7 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
     // (names only: the specs need the addon, which loads in the test)
     [
       'setErrorClass', 'open', 'close', 'getApiVersion', 'checkExtension', 'createVm', 'getVcpuMmapSize', 'createVcpu',
-      'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2', 'setMemoryAttributes', 'preFaultMemory',
+      'createGuestMemfd', 'setUserMemoryRegion', 'setUserMemoryRegion2', 'setUserMemoryRegions2', 'setMemoryAttributes', 'preFaultMemory',
       'fallocate', 'fstat', 'mmap', 'munmap', 'madvise', 'memfdCreate', 'ftruncate', 'enableCap', 'mappingBuffer', 'getRegs', 'setRegs', 'getSregs', 'setSregs', 'run', 'kick',
     ],
   )('%s: hostile arguments throw TypeError / RangeError', async (fn) => {
@@ -672,6 +688,7 @@ describe.skipIf(nativeSkip)(`native addon exports under abuse (${nativeSkip ?? '
         ['createGuestMemfd', () => x.createGuestMemfd!(bad, PAGE, 0n)],
         ['setUserMemoryRegion', () => x.setUserMemoryRegion!(bad, region({}))],
         ['setUserMemoryRegion2', () => x.setUserMemoryRegion2!(bad, 0, 0, 0n, PAGE, 0n)],
+        ['setUserMemoryRegions2', () => x.setUserMemoryRegions2!(bad, new BigUint64Array(0))],
         ['setMemoryAttributes', () => x.setMemoryAttributes!(bad, { address: 0n, size: PAGE, attributes: 0n })],
         ['preFaultMemory', () => x.preFaultMemory!(bad, { gpa: 0n, size: PAGE })],
         ['fallocate', () => x.fallocate!(bad, 1, 0n, PAGE)],
@@ -984,6 +1001,7 @@ const HAMMER = `
       for (const k of FIELDS) if (rnd() < 0.7) { const [l, v] = rnd() < 0.7 ? (k === 'guestMemfd' || k === 'slot' || k === 'flags' ? plausible.int() : plausible.u64()) : value(1); o[k] = v; labels.push(k + ': ' + l); }
       return S('{ ' + labels.join(', ') + ' }', o);
     },
+    records: () => { const n = Math.floor(rnd() * 3); const w = new BigUint64Array(6 * n); for (let k = 0; k < w.length; k++) w[k] = BigInt(plausible.u64()[1]); return S('BigUint64Array(' + w.length + ')', w); },
     addr: () => pool.addrs.length ? S('addr', pick(pool.addrs)) : value(),
     vcpuFd: () => (pool.vcpu !== undefined && rnd() < 0.7 ? S('vcpu fd ' + pool.vcpu, pool.vcpu) : plausible.fd()),
     runArea: () => (pool.area !== undefined && rnd() < 0.7 ? S('its kvm_run area', pool.area) : plausible.addr()),
@@ -995,7 +1013,7 @@ const HAMMER = `
   const shapes = {
     setErrorClass: ['ctor'], open: ['path'], close: ['fd'], getApiVersion: ['fd'], checkExtension: ['fd', 'int'], createVm: ['fd', 'int'],
     getVcpuMmapSize: ['fd'], createVcpu: ['fd', 'int'], createGuestMemfd: ['fd', 'u64', 'u64'], setUserMemoryRegion: ['fd', 'struct'],
-    setUserMemoryRegion2: ['fd', 'int', 'int', 'u64', 'u64', 'u64', 'u64', 'int'], setMemoryAttributes: ['fd', 'struct'], preFaultMemory: ['vcpuFd', 'struct'],
+    setUserMemoryRegion2: ['fd', 'int', 'int', 'u64', 'u64', 'u64', 'u64', 'int'], setUserMemoryRegions2: ['fd', 'records'], setMemoryAttributes: ['fd', 'struct'], preFaultMemory: ['vcpuFd', 'struct'],
     fallocate: ['fd', 'int', 'u64', 'u64'], fstat: ['fd'], mmap: ['fd', 'u64', 'u64', 'int', 'int'], munmap: ['addr'], mappingBuffer: ['addr'],
     getRegs: ['vcpuFd'], setRegs: ['vcpuFd', 'bytes'], getSregs: ['vcpuFd'], setSregs: ['vcpuFd', 'bytes'], run: ['vcpuFd', 'runArea'], kick: ['token'],
     madvise: ['addr', 'u64', 'u64', 'int'], memfdCreate: ['path'], ftruncate: ['fd', 'u64'], enableCap: ['fd', 'int'],

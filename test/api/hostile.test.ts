@@ -210,6 +210,7 @@ describe.skipIf(unavailable)(`hostile callers of the typed API (${backendName}: 
     const calls: Call[] = [
       ['setUserMemoryRegion', ['slot', 'userspaceAddr'], (_r, v) => v, (r, fd, o) => r.setUserMemoryRegion(fd, o as never)],
       ['setUserMemoryRegion2', ['slot', 'guestMemfd'], (_r, v) => v, (r, fd, o) => r.setUserMemoryRegion2(fd, o as never)],
+      ['setUserMemoryRegions2', ['slot', 'guestMemfd'], (_r, v) => v, (r, fd, o) => r.setUserMemoryRegions2(fd, [o as never])],
       ['setMemoryAttributes', ['address', 'flags'], (_r, v) => v, (r, fd, o) => r.setMemoryAttributes(fd, o as never)],
       ['preFaultMemory', ['gpa', 'flags'], (r, v) => r.createVcpu(v, 0), (r, fd, o) => r.preFaultMemory(fd, o as never)],
     ];

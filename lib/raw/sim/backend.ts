@@ -9,7 +9,7 @@
  */
 import { fstatSync } from 'node:fs';
 import { toInt, toU64, typeName } from '../../base/args.js';
-import { kvmError, type ErrnoCode } from '../../base/errors.js';
+import { KvmError, kvmError, type ErrnoCode } from '../../base/errors.js';
 import { IntervalIndex } from '../../base/interval.js';
 import { RangeMap } from '../../base/rangemap.js';
 import { encodeSregs, RESET_SREGS, resetRegs, REGS_SIZE, SREGS_SIZE } from '../../base/structs.js';
@@ -467,11 +467,30 @@ export class SimBackend implements RawBackend {
     this.#setRegion(vmFd, region, true);
   }
 
-  #setRegion(vmFd: Handle, region: RawRegion2, v2: boolean): void {
-    const request = v2 ? 'KVM_SET_USER_MEMORY_REGION2' : 'KVM_SET_USER_MEMORY_REGION';
+  setUserMemoryRegions2(vmFd: Handle, regions: readonly RawRegion2[]): void {
     const fd = fdArg(vmFd);
-    if (typeof region !== 'object' || region === null) throw new TypeError('region must be an object');
-    const r: RegionInput = {
+    if (!Array.isArray(regions)) throw new TypeError('regions must be an array');
+    // Every region read before the first call, as the addon does.
+    const rs = regions.map((r, i) => this.#region(r, true, `regions[${i}]`));
+    this.#vm(fd, 'KVM_SET_USER_MEMORY_REGION2');
+    for (let i = 0; i < rs.length; i++) {
+      try {
+        this.#applyRegion(fd, rs[i]!, 'KVM_SET_USER_MEMORY_REGION2');
+      } catch (e) {
+        if (e instanceof KvmError) Object.assign(e, { index: i });
+        throw e;
+      }
+    }
+  }
+
+  #setRegion(vmFd: Handle, region: RawRegion2, v2: boolean): void {
+    const fd = fdArg(vmFd);
+    this.#applyRegion(fd, this.#region(region, v2, 'region'), v2 ? 'KVM_SET_USER_MEMORY_REGION2' : 'KVM_SET_USER_MEMORY_REGION');
+  }
+
+  #region(region: RawRegion2, v2: boolean, name: string): RegionInput {
+    if (typeof region !== 'object' || region === null) throw new TypeError(`${name} must be an object`);
+    return {
       v2,
       slot: toInt(region.slot, 'slot', 0, 2 ** 32 - 1),
       flags: region.flags === undefined ? 0 : toInt(region.flags, 'flags', 0, 2 ** 32 - 1),
@@ -481,6 +500,9 @@ export class SimBackend implements RawBackend {
       guestMemfdOffset: !v2 || region.guestMemfdOffset === undefined ? 0n : toU64(region.guestMemfdOffset, 'guestMemfdOffset'),
       guestMemfd: !v2 || region.guestMemfd === undefined ? 0 : toInt(region.guestMemfd, 'guestMemfd', 0, 2 ** 32 - 1),
     };
+  }
+
+  #applyRegion(fd: number, r: RegionInput, request: string): void {
     const vm = this.#vm(fd, request);
     const d = checkMemslot(r, this.#memslotContext(vm));
     if (isViolation(d)) throw violationError(d, ioctl(request));
