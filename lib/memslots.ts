@@ -1,4 +1,4 @@
-import { checkU64, hex, toBool, toInt, toOptions, toU64, typeName, type U64 } from './base/args.js';
+import { bigOf, hex, safeNumber, toBool, toInt, toOptions, toU64, typeName, type U64 } from './base/args.js';
 import { kvmError } from './base/errors.js';
 import { IntervalIndex } from './base/interval.js';
 import { log } from './base/log.js';
@@ -294,10 +294,10 @@ export class MemslotBooks {
 
   /**
    * gpa -> (slot, gmem, file offset, host address) in address space `asId`, for `gfn` (the
-   * frame of `gpa`). From the typed arrays where every figure is an exact double (always, for
+   * frame of `gpa`, whose value as a double is `at`: -1 past 2^53 - 1). From the typed arrays where every figure is an exact double (always, for
    * a gpa below 2^53 and what a slot can map), else from the slot's own fields.
    */
-  translate(gfn: number, gpa: U64, asId: number): Translation | undefined {
+  translate(gfn: number, gpa: U64, at: number, asId: number): Translation | undefined {
     const sp = this.#byGfn.get(asId);
     if (!sp) return undefined;
     const n = sp.index.slotContaining(gfn);
@@ -307,13 +307,12 @@ export class MemslotBooks {
     const r = 4 * n;
     const guestMemfd = sp.gmems[rows[r + 3]!];
     const page = this.#pageSize;
-    const at = Number(gpa);
     const inSlot = at - rows[r]! * page;
     const fileAt = rows[r + 1]! * page + inSlot;
     const upg = rows[r + 2]!;
     const hostAt = upg * page + inSlot;
-    if (at <= Number.MAX_SAFE_INTEGER && fileAt <= Number.MAX_SAFE_INTEGER && hostAt <= Number.MAX_SAFE_INTEGER) {
-      return { slot, slotOffset: BigInt(inSlot), guestMemfd, offset: guestMemfd ? BigInt(fileAt) : undefined, userspaceAddr: upg === 0 ? 0n : BigInt(hostAt) };
+    if (at >= 0 && fileAt <= Number.MAX_SAFE_INTEGER && hostAt <= Number.MAX_SAFE_INTEGER) {
+      return { slot, slotOffset: bigOf(inSlot), guestMemfd, offset: guestMemfd ? bigOf(fileAt) : undefined, userspaceAddr: upg === 0 ? 0n : bigOf(hostAt) };
     }
     const g = BigInt(gpa);
     const slotOffset = g - slot.guestPhysAddr;
@@ -662,19 +661,19 @@ export class MemslotTable {
   /** The slot containing `gpa` (address space `asId`), or undefined. A `gpa` that is not a u64
    * is a TypeError or RangeError. */
   find(gpa: U64, asId = 0): Memslot | undefined {
-    return this.#books.find(this.#gfn(gpa), asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
+    return this.#books.find(this.#gfn(gpa, safeNumber(gpa, 'gpa')), asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
   }
 
-  /** The guest frame of `gpa` (without a BigInt division where the address is a safe number). */
-  #gfn(gpa: U64): number {
-    const g = checkU64(gpa, 'gpa');
-    const n = Number(g);
-    return n <= Number.MAX_SAFE_INTEGER ? Math.floor(n / this.#pageSize) : Number(BigInt(g) / this.#books.page);
+  /** The guest frame of `gpa`, from its value as a double (`at`, -1 past 2^53 - 1: then
+   * with a BigInt division). */
+  #gfn(gpa: U64, at: number): number {
+    return at >= 0 ? Math.floor(at / this.#pageSize) : Number(BigInt(gpa) / this.#books.page);
   }
 
   /** gpa -> (slot, gmem, file offset, host address), or undefined where no slot is. */
   translate(gpa: U64, asId = 0): Translation | undefined {
-    return this.#books.translate(this.#gfn(gpa), gpa, asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
+    const at = safeNumber(gpa, 'gpa');
+    return this.#books.translate(this.#gfn(gpa, at), gpa, at, asId === 0 ? 0 : toInt(asId, 'asId', 0, 0xffff));
   }
 
   /**
