@@ -264,6 +264,27 @@ describe.skipIf(unavailable)(`hostile callers of the typed API (${backendName}: 
       expect(raw.fstat(victim!).size).toBe(PAGE);
       raw.close(victim!);
     });
+
+  test('the raw batch call names what it got instead of regions or a region', () => {
+    const raw = kvm.raw;
+    const vmFd = raw.createVm(kvm.fd, 0);
+    try {
+      const region = { slot: 0, guestPhysAddr: 0n, memorySize: PAGE };
+      const cases: [unknown, RegExp][] = [
+        ['regions', /^regions must be an array, got string$/],
+        [{ length: 1, 0: region }, /^regions must be an array, got Object$/],
+        [[region, null], /^regions\[1\] must be an object, got null$/],
+        [[region, 7], /^regions\[1\] must be an object, got number$/],
+      ];
+      for (const [regions, message] of cases) {
+        const o = attempt(() => raw.setUserMemoryRegions2(vmFd, regions as never));
+        expect(outcome(o), String(message)).toBe('TypeError');
+        expect(((o as { error: Error }).error).message).toMatch(message);
+      }
+    } finally {
+      raw.close(vmFd);
+    }
+  });
   });
 
   // --- 4. fds closed behind the typed layer's back (through raw) -------------------------------

@@ -469,7 +469,7 @@ export class SimBackend implements RawBackend {
 
   setUserMemoryRegions2(vmFd: Handle, regions: readonly RawRegion2[]): void {
     const fd = fdArg(vmFd);
-    if (!Array.isArray(regions)) throw new TypeError('regions must be an array');
+    if (!Array.isArray(regions)) throw new TypeError(`regions must be an array, got ${typeName(regions)}`);
     // Every region read before the first call, as the addon does.
     const rs = regions.map((r, i) => this.#region(r, true, `regions[${i}]`));
     this.#vm(fd, 'KVM_SET_USER_MEMORY_REGION2');
@@ -489,7 +489,7 @@ export class SimBackend implements RawBackend {
   }
 
   #region(region: RawRegion2, v2: boolean, name: string): RegionInput {
-    if (typeof region !== 'object' || region === null) throw new TypeError(`${name} must be an object`);
+    if (typeof region !== 'object' || region === null) throw new TypeError(`${name} must be an object, got ${typeName(region)}`);
     return {
       v2,
       slot: toInt(region.slot, 'slot', 0, 2 ** 32 - 1),
