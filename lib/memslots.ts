@@ -75,6 +75,9 @@ interface SlotState {
   npages: bigint;
 }
 
+/** What a Memslot is made from. */
+type SlotInit = Omit<Memslot, 'guestPhysAddr' | 'flags' | 'readonly' | 'logDirtyPages' | 'deleted' | 'end' | 'delete' | 'toString' | typeof Symbol.dispose> & SlotState;
+
 /** The books moved a slot (the kernel's MOVE) or changed its flags (FLAGS_ONLY). */
 let placeSlot: (s: Memslot, guestPhysAddr: bigint, gfn: number, flags: number) => void;
 /**
@@ -122,7 +125,7 @@ export class Memslot {
   #view: SlotView | undefined;
 
   /** @hidden made by MemslotTable.add() */
-  constructor(token: symbol, init: Omit<Memslot, 'guestPhysAddr' | 'flags' | 'readonly' | 'logDirtyPages' | 'deleted' | 'end' | 'delete' | 'toString' | typeof Symbol.dispose> & SlotState) {
+  constructor(token: symbol, init: SlotInit) {
     checkToken(token, 'Memslot', 'vm.memslots.add()');
     this.vm = init.vm;
     this.id = init.id;
@@ -263,7 +266,11 @@ class SpaceBooks {
  */
 export class MemslotBooks {
   readonly page: bigint;
-  #byKey = new Map<number, Memslot>();
+  /** Slots by id, per address space (arrays: a Map of 32,764 number keys cost a tenth of an
+   * add and a delete in hashing and rehashing). Address space 0 has its own field. */
+  #byId0: (Memslot | undefined)[] = [];
+  #byId = new Map<number, (Memslot | undefined)[]>();
+  #count = 0;
   /** Per address space: the slots by guest frame (ordered, and a point lookup of a few hash probes). */
   #byGfn = new Map<number, SpaceBooks>();
   #byFile = new Map<GuestMemfd, IntervalIndex<Memslot>>();
@@ -280,11 +287,11 @@ export class MemslotBooks {
   }
 
   get size(): number {
-    return this.#byKey.size;
+    return this.#count;
   }
 
   get(id: number, asId: number): Memslot | undefined {
-    return this.#byKey.get(keyOf(asId, id));
+    return (asId === 0 ? this.#byId0 : this.#byId.get(asId))?.[id];
   }
 
   /** The slot of `asId` containing `gfn`. */
@@ -383,6 +390,7 @@ export class MemslotBooks {
       const s = this.#byFile.get(this.#contextGmem!)?.firstOverlap(Number(pgStart), Number(pgEnd));
       return s && viewOf(s);
     };
+    const ok = { kind: 'ok' as const, size: 0n, boundSlot };
     return {
       pageSize: page,
       readonlyMem: caps.readonlyMem,
@@ -402,13 +410,16 @@ export class MemslotBooks {
         const gmem = this.#contextGmem;
         if (!gmem || gmem.closed) return { kind: 'ebadf' };
         if (gmem.vm !== vm.vm) return { kind: 'foreign' };
-        return { kind: 'ok', size: gmem.size, boundSlot };
+        // (One answer object, refilled: the rules read it at once and keep nothing.)
+        ok.size = gmem.size;
+        return ok;
       },
     };
   }
 
   insert(slot: Memslot, d: MemslotDecision): void {
-    this.#byKey.set(keyOf(slot.asId, slot.id), slot);
+    this.#ids(slot.asId)[slot.id] = slot;
+    this.#count++;
     let sp = this.#byGfn.get(slot.asId);
     if (!sp) this.#byGfn.set(slot.asId, (sp = new SpaceBooks()));
     sp.insert(slot, this.page);
@@ -432,7 +443,11 @@ export class MemslotBooks {
   }
 
   remove(slot: Memslot): void {
-    this.#byKey.delete(keyOf(slot.asId, slot.id));
+    const ids = this.#ids(slot.asId);
+    if (ids[slot.id] === slot) {
+      ids[slot.id] = undefined;
+      this.#count--;
+    }
     this.#byGfn.get(slot.asId)?.remove(slot);
     if (slot.guestMemfd) {
       const f = this.#byFile.get(slot.guestMemfd);
@@ -466,8 +481,10 @@ export class MemslotBooks {
 
   /** Forgets every slot (the VM is being destroyed, and the kernel with it). */
   clear(): void {
-    const slots = [...this.#byKey.values()];
-    this.#byKey.clear();
+    const slots = [this.#byId0, ...this.#byId.values()].flatMap((ids) => ids.filter((s) => s !== undefined));
+    this.#byId0 = [];
+    this.#byId.clear();
+    this.#count = 0;
     this.#byGfn.clear();
     this.#byFile.clear();
     this.#used.clear();
@@ -501,6 +518,13 @@ export class MemslotBooks {
     if (this.#forgetOwn(m) && m.slots.length === 0) m.close();
   }
 
+  #ids(asId: number): (Memslot | undefined)[] {
+    if (asId === 0) return this.#byId0;
+    let ids = this.#byId.get(asId);
+    if (!ids) this.#byId.set(asId, (ids = []));
+    return ids;
+  }
+
   #bitmap(asId: number): Uint32Array {
     let b = this.#used.get(asId);
     if (!b) this.#used.set(asId, (b = new Uint32Array(2048)));
@@ -526,27 +550,45 @@ function checkGmem(g: unknown): GuestMemfd {
   return g;
 }
 
-/** MemslotOptions read once and checked for type: a getter cannot change one afterwards. */
-interface ReadOptions {
+/**
+ * A slot on its way in: MemslotOptions read once and checked for type (a getter cannot
+ * change one afterwards), then what add() decides before the call (#prepare fills the rest),
+ * then the new Memslot's init (#place). One object from options to slot: a batch of adds
+ * makes a few objects per slot, not one per stage.
+ */
+interface Prepared {
   asId: number;
+  /** The id asked for (undefined: the lowest free), then the one used. */
   slot: number | undefined;
-  gpa: bigint;
+  id: number;
+  guestPhysAddr: bigint;
   size: bigint;
-  gmem: GuestMemfd | undefined;
-  gmemOffset: bigint;
+  guestMemfd: GuestMemfd | undefined;
+  guestMemfdOffset: bigint;
   userspace: Mapping | undefined;
+  /** As given (undefined: derived), then as used. */
   userspaceOffset: bigint | undefined;
+  userspaceAddr: bigint;
   flags: number;
+  /** `userspace` is an own mapping made for this slot. */
+  made: boolean;
+  region: RegionInput | undefined;
+  vm: Vm | undefined;
+  books: MemslotBooks | undefined;
+  gfn: number;
+  npages: bigint;
+  filePage: number;
 }
 
-function readOptions(options: MemslotOptions): ReadOptions {
+function readOptions(options: MemslotOptions): Prepared {
   const o = { ...toOptions(options, 'memslot options') };
   const asId = o.asId === undefined ? 0 : toInt(o.asId, 'asId', 0, 0xffff);
   const gpa = toU64(o.guestPhysAddr, 'guestPhysAddr');
   const size = toU64(o.size, 'size');
   const gmem = o.guestMemfd;
+  const userspace = o.userspace;
   if (gmem !== undefined && !isGuestMemfd(gmem)) throw new TypeError(`guestMemfd must be a GuestMemfd, got ${typeName(gmem)}`);
-  if (o.userspace !== undefined && !isMapping(o.userspace)) throw new TypeError(`userspace must be a Mapping, got ${typeName(o.userspace)}`);
+  if (userspace !== undefined && !isMapping(userspace)) throw new TypeError(`userspace must be a Mapping, got ${typeName(userspace)}`);
   if (gmem === undefined && o.guestMemfdOffset !== undefined) throw new TypeError('guestMemfdOffset needs guestMemfd');
   const gmemOffset = o.guestMemfdOffset === undefined ? 0n : toU64(o.guestMemfdOffset, 'guestMemfdOffset');
   const userspaceOffset = o.userspaceOffset === undefined ? undefined : toU64(o.userspaceOffset, 'userspaceOffset');
@@ -556,23 +598,10 @@ function readOptions(options: MemslotOptions): ReadOptions {
   if (gmem) flags |= MemFlag.GUEST_MEMFD;
   if (size === 0n) throw new RangeError('size must be > 0 (use delete() to remove a slot)');
   const slot = o.slot === undefined ? undefined : toInt(o.slot, 'slot', 0, 0xffff);
-  return { asId, slot, gpa, size, gmem, gmemOffset, userspace: o.userspace, userspaceOffset, flags };
-}
-
-/** What add() has decided before the call. */
-interface Prepared {
-  asId: number;
-  id: number;
-  gpa: bigint;
-  size: bigint;
-  gmem: GuestMemfd | undefined;
-  gmemOffset: bigint;
-  flags: number;
-  userspace: Mapping | undefined;
-  uoff: bigint;
-  /** `userspace` is an own mapping made for this slot. */
-  made: boolean;
-  region: RegionInput;
+  return {
+    asId, slot, id: -1, guestPhysAddr: gpa, size, guestMemfd: gmem, guestMemfdOffset: gmemOffset, userspace, userspaceOffset,
+    userspaceAddr: 0n, flags, made: false, region: undefined, vm: undefined, books: undefined, gfn: 0, npages: 0n, filePage: 0,
+  };
 }
 
 /** A batch entry that did not read: it fails when its turn comes, as in a loop. */
@@ -717,7 +746,7 @@ export class MemslotTable {
     this.#ctx.checkOpen('ioctl');
     const p = this.#prepare(readOptions(options));
     try {
-      return this.#place(p, this.#apply(p.region, p.gmem));
+      return this.#place(p, this.#apply(p.region!, p.guestMemfd));
     } catch (e) {
       if (p.made) this.#books.dropOwn(p.userspace!);
       throw e;
@@ -752,15 +781,15 @@ export class MemslotTable {
         const e = entries[i]!;
         if (e instanceof Unreadable) throw e.error;
         p = this.#prepare(e);
-        const verdict = checkMemslot(p.region, books.context(this.#ctx, p.gmem));
+        const verdict = checkMemslot(p.region!, books.context(this.#ctx, p.guestMemfd));
         if (isViolation(verdict) || verdict.existing) {
           // Refused by the rules, or a change to a slot: the single call, which explains it.
           this.#flushAdds(run);
-          out.push(this.#place(p, this.#apply(p.region, p.gmem)));
+          out.push(this.#place(p, this.#apply(p.region!, p.guestMemfd)));
         } else {
           // Booked now, so that the next entries are checked against it; undone if refused.
           const slot = this.#place(p, verdict);
-          run.push(slot, p.region, i);
+          run.push(slot, p.region!, i);
           out.push(slot);
         }
       } catch (e) {
@@ -860,13 +889,13 @@ export class MemslotTable {
 
   /** Everything add() decides before the call: host memory (perhaps a new own mapping,
    * `made`), the slot id and the region. Throws having dropped what it made. */
-  #prepare(o: ReadOptions): Prepared {
-    const { asId, gpa, size, gmem, gmemOffset, userspaceOffset, flags } = o;
+  #prepare(p: Prepared): Prepared {
+    const { asId, size, guestMemfd: gmem, guestMemfdOffset: gmemOffset, userspaceOffset } = p;
     if (gmem?.closed) throw kvmError('EBADF', memslotWhere(true), 'guestMemfd is closed');
-    const id = o.slot ?? this.#lowestFree(asId);
+    const id = p.slot ?? this.#lowestFree(asId);
     const books = this.#books;
     // Host memory for the slot.
-    let userspace = o.userspace;
+    let userspace = p.userspace;
     let made = false;
     if (userspace === undefined && gmem?.mmapable && gmem.initShared && gmemOffset + size <= gmem.size) {
       // (A range past the file's end gets no host memory; the kernel refuses it anyway.)
@@ -885,12 +914,17 @@ export class MemslotTable {
         // maps next; the kernel cannot tell, so the library refuses.
         throw new RangeError(`slot memory [${hex(uoff)}, ${hex(uoff + size)}) is outside its userspace mapping (${hex(userspace.length)} bytes)`);
       }
-      const region: RegionInput = {
-        v2: true, slot: (asId << 16) | id, flags, guestPhysAddr: gpa, memorySize: size,
-        userspaceAddr: userspace ? userspace.address + uoff : 0n,
-        guestMemfdOffset: gmemOffset, guestMemfd: gmem ? gmem.fd : 0,
+      const userspaceAddr = userspace ? userspace.address + uoff : 0n;
+      p.id = id;
+      p.userspace = userspace;
+      p.userspaceOffset = uoff;
+      p.userspaceAddr = userspaceAddr;
+      p.made = made;
+      p.region = {
+        v2: true, slot: (asId << 16) | id, flags: p.flags, guestPhysAddr: p.guestPhysAddr, memorySize: size,
+        userspaceAddr, guestMemfdOffset: gmemOffset, guestMemfd: gmem ? gmem.fd : 0,
       };
-      return { asId, id, gpa, size, gmem, gmemOffset, flags, userspace, uoff, made, region };
+      return p;
     } catch (e) {
       if (made) books.dropOwn(userspace!);
       throw e;
@@ -906,11 +940,12 @@ export class MemslotTable {
       if (p.made) books.dropOwn(p.userspace!);
       return existing;
     }
-    const slot = new Memslot(CREATE, {
-      vm: this.#ctx.vm, id: p.id, asId: p.asId, size: p.size, guestMemfd: p.gmem, guestMemfdOffset: p.gmemOffset,
-      userspace: p.userspace, userspaceOffset: p.uoff, userspaceAddr: p.region.userspaceAddr, guestPhysAddr: p.gpa,
-      flags: p.flags, books, gfn: Number(d.baseGfn), npages: d.npages, filePage: p.gmem ? Number(p.gmemOffset / books.page) : 0,
-    });
+    p.vm = this.#ctx.vm;
+    p.books = books;
+    p.gfn = Number(d.baseGfn);
+    p.npages = d.npages;
+    p.filePage = p.guestMemfd ? Number(p.guestMemfdOffset / books.page) : 0;
+    const slot = new Memslot(CREATE, p as SlotInit);
     books.insert(slot, d);
     return slot;
   }
