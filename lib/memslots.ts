@@ -443,9 +443,8 @@ export class MemslotBooks {
   }
 
   remove(slot: Memslot): void {
-    const ids = this.#ids(slot.asId);
-    if (ids[slot.id] === slot) {
-      ids[slot.id] = undefined;
+    if (this.get(slot.id, slot.asId) === slot) {
+      this.#ids(slot.asId)[slot.id] = undefined;
       this.#count--;
     }
     this.#byGfn.get(slot.asId)?.remove(slot);
