@@ -72,7 +72,7 @@ interface SlotState {
   gfn: number;
   filePage: number;
   /** Its size in pages. */
-  npages: bigint;
+  npages: number;
 }
 
 /** What a Memslot is made from. */
@@ -141,7 +141,7 @@ export class Memslot {
     this.#books = init.books;
     this.#gfn = init.gfn;
     this.#filePage = init.filePage;
-    this.#pages = Number(init.npages);
+    this.#pages = init.npages;
     // Read-only for real: delete() and the books trust id, asId and userspace.
     Object.freeze(this);
   }
@@ -157,7 +157,7 @@ export class Memslot {
     filePageOf = (s) => s.#filePage;
     pagesOf = (s) => s.#pages;
     viewOf = (s) =>
-      (s.#view ??= { asId: s.asId, id: s.id, baseGfn: BigInt(s.#gfn), npages: BigInt(s.#pages), flags: s.#flags, userspaceAddr: s.userspaceAddr });
+      (s.#view ??= { asId: s.asId, id: s.id, baseGfn: s.#gfn, npages: s.#pages, flags: s.#flags, userspaceAddr: s.userspaceAddr });
     isMemslot = (x: unknown): x is Memslot => typeof x === 'object' && x !== null && #books in x;
   }
 
@@ -386,8 +386,8 @@ export class MemslotBooks {
   #makeContext(vm: VmContext): MemslotContext {
     const page = this.page;
     const caps = vm.caps();
-    const boundSlot = (pgStart: bigint, pgEnd: bigint): SlotView | undefined => {
-      const s = this.#byFile.get(this.#contextGmem!)?.firstOverlap(Number(pgStart), Number(pgEnd));
+    const boundSlot = (pgStart: number, pgEnd: number): SlotView | undefined => {
+      const s = this.#byFile.get(this.#contextGmem!)?.firstOverlap(pgStart, pgEnd);
       return s && viewOf(s);
     };
     const ok = { kind: 'ok' as const, size: 0n, boundSlot };
@@ -403,7 +403,7 @@ export class MemslotBooks {
         return s && viewOf(s);
       },
       overlapping: (asId, id, start, end) => {
-        const s = this.#byGfn.get(asId)?.index.firstOverlap(Number(start), Number(end), (x) => x.id !== id);
+        const s = this.#byGfn.get(asId)?.index.firstOverlap(start, end, (x) => x.id !== id);
         return s && viewOf(s);
       },
       gmem: () => {
@@ -438,7 +438,7 @@ export class MemslotBooks {
     const move = d.op === 'move';
     const sp = this.#byGfn.get(slot.asId)!;
     if (move) sp.remove(slot);
-    placeSlot(slot, move ? d.baseGfn * this.page : slot.guestPhysAddr, move ? Number(d.baseGfn) : gfnOf(slot), flags);
+    placeSlot(slot, move ? BigInt(d.baseGfn) * this.page : slot.guestPhysAddr, move ? d.baseGfn : gfnOf(slot), flags);
     if (move) sp.insert(slot, this.page);
   }
 
@@ -575,7 +575,7 @@ interface Prepared {
   vm: Vm | undefined;
   books: MemslotBooks | undefined;
   gfn: number;
-  npages: bigint;
+  npages: number;
   filePage: number;
 }
 
@@ -599,7 +599,7 @@ function readOptions(options: MemslotOptions): Prepared {
   const slot = o.slot === undefined ? undefined : toInt(o.slot, 'slot', 0, 0xffff);
   return {
     asId, slot, id: -1, guestPhysAddr: gpa, size, guestMemfd: gmem, guestMemfdOffset: gmemOffset, userspace, userspaceOffset,
-    userspaceAddr: 0n, flags, made: false, region: undefined, vm: undefined, books: undefined, gfn: 0, npages: 0n, filePage: 0,
+    userspaceAddr: 0n, flags, made: false, region: undefined, vm: undefined, books: undefined, gfn: 0, npages: 0, filePage: 0,
   };
 }
 
@@ -941,7 +941,7 @@ export class MemslotTable {
     }
     p.vm = this.#ctx.vm;
     p.books = books;
-    p.gfn = Number(d.baseGfn);
+    p.gfn = d.baseGfn;
     p.npages = d.npages;
     p.filePage = p.guestMemfd ? Number(p.guestMemfdOffset / books.page) : 0;
     const slot = new Memslot(CREATE, p as SlotInit);
@@ -977,7 +977,7 @@ export class MemslotTable {
     const existing = this.#books.get(id, asId);
     return {
       op: region.memorySize === 0n ? 'delete' : existing ? 'move' : 'create', asId, id,
-      baseGfn: region.guestPhysAddr / page, npages: region.memorySize / page,
+      baseGfn: Number(region.guestPhysAddr / page), npages: Number(region.memorySize / page),
       ...(existing ? { existing: viewOf(existing) } : {}),
     };
   }

@@ -6,15 +6,17 @@
  */
 import { hex } from '../base/args.js';
 import type { ErrnoCode } from '../base/errors.js';
-import { KVM_MEM_MAX_NR_PAGES, KVM_MEM_SLOTS_NUM, KVM_USER_MEM_SLOTS, MemFlag, U64_MAX } from '../base/uapi.js';
+import { KVM_MEM_MAX_NR_PAGES, KVM_MEM_SLOTS_NUM, KVM_USER_MEM_SLOTS, MemFlag } from '../base/uapi.js';
 import type { Violation } from './types.js';
 
 /** A memslot as the rules see it. */
 export interface SlotView {
   asId: number;
   id: number;
-  baseGfn: bigint;
-  npages: bigint;
+  /** Guest frames and page counts are numbers: a gfn is below 2^52 and a slot's pages below
+   * 2^31, exact as doubles (the rules and the books make no BigInt for them). */
+  baseGfn: number;
+  npages: number;
   flags: number;
   userspaceAddr: bigint;
 }
@@ -24,7 +26,7 @@ export type GmemLookup =
   | { kind: 'ebadf' }
   | { kind: 'not-gmem'; what: string }
   | { kind: 'foreign' }
-  | { kind: 'ok'; size: bigint; boundSlot(pgStart: bigint, pgEnd: bigint): SlotView | undefined };
+  | { kind: 'ok'; size: bigint; boundSlot(pgStart: number, pgEnd: number): SlotView | undefined };
 
 /** What the rules need to know about the VM and the host. */
 export interface MemslotContext {
@@ -52,7 +54,7 @@ export interface MemslotContext {
   maxGfnCheck?: 'first' | 'before-bind' | undefined;
   slot(asId: number, id: number): SlotView | undefined;
   /** A slot of `asId` other than `id` whose gfn range intersects [start, end). */
-  overlapping(asId: number, id: number, gfnStart: bigint, gfnEnd: bigint): SlotView | undefined;
+  overlapping(asId: number, id: number, gfnStart: number, gfnEnd: number): SlotView | undefined;
   gmem(fd: number): GmemLookup;
 }
 
@@ -74,8 +76,8 @@ export interface MemslotDecision {
   op: MemslotOp;
   asId: number;
   id: number;
-  baseGfn: bigint;
-  npages: bigint;
+  baseGfn: number;
+  npages: number;
   /** The slot being deleted/moved/changed. */
   existing?: SlotView;
 }
@@ -89,29 +91,47 @@ function fail(rule: string, message: string, extra: Partial<Violation> = {}): Vi
   return { rule, code: 'EINVAL', message, ...extra };
 }
 
-const OFFSET_LIMIT = 1n << 63n;
+/** 2^63 and 2^64 as doubles (exact). */
+const OFFSET_LIMIT = 2 ** 63;
+const TWO_64 = 2 ** 64;
+const MAX_NR_PAGES = Number(KVM_MEM_MAX_NR_PAGES);
 
-function decide(op: MemslotOp, asId: number, id: number, baseGfn: bigint, npages: bigint, existing: SlotView | undefined): MemslotDecision {
+/**
+ * Whether the u64 `x` (`n` is Number(x)) is a multiple of the page size: on the double where it
+ * is exact, with a BigInt remainder only for values past 2^53. A page-aligned u64 is exact as
+ * a double (at most 52 significant bits), and so is the sum of two: after the alignment
+ * checks, the rules below do their arithmetic on doubles, making no BigInt (each BigInt
+ * result is an allocation, and this runs before every memslot call).
+ */
+function aligned(x: bigint, n: number, page: number, pageBig: bigint): boolean {
+  return n < 2 ** 53 ? Math.floor(n / page) * page === n : x % pageBig === 0n;
+}
+
+function decide(op: MemslotOp, asId: number, id: number, baseGfn: number, npages: number, existing: SlotView | undefined): MemslotDecision {
   return existing ? { op, asId, id, baseGfn, npages, existing } : { op, asId, id, baseGfn, npages };
 }
 
 /** kvm_arch_prepare_memory_region (x86): a new or moved slot must end within the MMU's reach. */
-function beyondMmu(op: MemslotOp, baseGfn: bigint, npages: bigint, ctx: MemslotContext): Violation | undefined {
-  if ((op !== 'create' && op !== 'move') || baseGfn + npages - 1n <= ctx.maxGfn) return undefined;
+function beyondMmu(op: MemslotOp, baseGfn: number, npages: number, ctx: MemslotContext): Violation | undefined {
+  if ((op !== 'create' && op !== 'move') || baseGfn + npages - 1 <= Number(ctx.maxGfn)) return undefined;
   const page = ctx.pageSize;
-  return fail('memslot.max-gfn', `guest range ends at ${hex((baseGfn + npages) * page)}, beyond the highest guest frame the MMU maps (${hex((ctx.maxGfn + 1n) * page)})`);
+  return fail('memslot.max-gfn', `guest range ends at ${hex(BigInt(baseGfn + npages) * page)}, beyond the highest guest frame the MMU maps (${hex((ctx.maxGfn + 1n) * page)})`);
 }
 
 /**
  * Decides what the kernel does with `r`: the first rule it breaks, or the operation it
- * performs. Pure: reads the context, changes nothing. (Each sum is computed once: BigInt
- * arithmetic allocates, and this runs before every memslot call.)
+ * performs. Pure: reads the context, changes nothing.
  */
 export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | MemslotDecision {
-  const page = ctx.pageSize;
+  const pageBig = ctx.pageSize;
+  const page = Number(pageBig);
   const gmem = (r.flags & MemFlag.GUEST_MEMFD) !== 0;
   const asId = r.slot >>> 16;
   const id = r.slot & 0xffff;
+  const size = Number(r.memorySize);
+  const gpa = Number(r.guestPhysAddr);
+  const uaddr = Number(r.userspaceAddr);
+  const offset = Number(r.guestMemfdOffset);
 
   if (!r.v2 && r.flags & ~(MemFlag.LOG_DIRTY_PAGES | MemFlag.READONLY)) {
     return fail('memslot.v1-flags', `flags ${hex(r.flags)} are not valid for KVM_SET_USER_MEMORY_REGION (guest_memfd needs the v2 ioctl)`);
@@ -127,34 +147,33 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     return fail('memslot.flags', `flags ${hex(r.flags)} include bits outside ${hex(valid)}` +
       (gmem ? ' (a guest_memfd slot cannot be readonly or log dirty pages)' : ''));
   }
-  if (r.memorySize % page !== 0n) {
+  if (!aligned(r.memorySize, size, page, pageBig)) {
     return fail('memslot.size-align', `memorySize ${hex(r.memorySize)} is not page-aligned`);
   }
-  if (r.guestPhysAddr % page !== 0n) {
+  if (!aligned(r.guestPhysAddr, gpa, page, pageBig)) {
     return fail('memslot.gpa-align', `guestPhysAddr ${hex(r.guestPhysAddr)} is not page-aligned`);
   }
-  const uend = r.userspaceAddr + r.memorySize;
-  if (r.userspaceAddr % page !== 0n || uend > U64_MAX || uend > ctx.userAddressMax) {
+  // (Each sum below is of two page-aligned u64s: exact. A sum past U64_MAX is >= 2^64.)
+  if (!aligned(r.userspaceAddr, uaddr, page, pageBig) || uaddr + size >= TWO_64 || uaddr + size > Number(ctx.userAddressMax)) {
     return fail('memslot.userspace-addr', `userspaceAddr ${hex(r.userspaceAddr)} is not a page-aligned user address range of ${hex(r.memorySize)} bytes`);
   }
-  const fileEnd = r.guestMemfdOffset + r.memorySize;
-  if (gmem && (r.guestMemfdOffset % page !== 0n || fileEnd > U64_MAX)) {
+  if (gmem && (!aligned(r.guestMemfdOffset, offset, page, pageBig) || offset + size >= TWO_64)) {
     return fail('memslot.gmem-offset', `guestMemfdOffset ${hex(r.guestMemfdOffset)} is not page-aligned or wraps`);
   }
   if (asId >= ctx.addressSpaces || id >= KVM_MEM_SLOTS_NUM) {
     return fail('memslot.as-id', `address space ${asId} does not exist (this VM has ${ctx.addressSpaces})`);
   }
-  if (r.guestPhysAddr + r.memorySize > U64_MAX) {
+  if (gpa + size >= TWO_64) {
     return fail('memslot.gpa-wrap', `guestPhysAddr ${hex(r.guestPhysAddr)} + memorySize wraps`);
   }
-  const npages = r.memorySize / page;
-  if (npages > KVM_MEM_MAX_NR_PAGES) {
+  const npages = size / page;
+  if (npages > MAX_NR_PAGES) {
     return fail('memslot.npages', `${npages} pages exceed KVM_MEM_MAX_NR_PAGES (${KVM_MEM_MAX_NR_PAGES})`);
   }
-  const baseGfn = r.guestPhysAddr / page;
+  const baseGfn = gpa / page;
   const existing = ctx.slot(asId, id);
 
-  if (npages === 0n) {
+  if (npages === 0) {
     if (!existing) return fail('memslot.delete-missing', `slot ${id} does not exist`, { conflict: { slot: id, asId }, books: true });
     return decide('delete', asId, id, baseGfn, npages, existing);
   }
@@ -176,12 +195,13 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
   if (op === 'create' || op === 'move') {
     const other = ctx.overlapping(asId, id, baseGfn, baseGfn + npages);
     if (other) {
-      const start = other.baseGfn * page;
+      const start = BigInt(other.baseGfn) * pageBig;
+      const end = start + BigInt(other.npages) * pageBig;
       return {
         rule: 'memslot.gpa-overlap',
         code: 'EEXIST',
-        message: `guest range [${hex(r.guestPhysAddr)}, ${hex(r.guestPhysAddr + r.memorySize)}) overlaps slot ${other.id} at [${hex(start)}, ${hex(start + other.npages * page)})`,
-        conflict: { slot: other.id, asId, start, end: start + other.npages * page, space: 'gpa' },
+        message: `guest range [${hex(r.guestPhysAddr)}, ${hex(r.guestPhysAddr + r.memorySize)}) overlaps slot ${other.id} at [${hex(start)}, ${hex(end)})`,
+        conflict: { slot: other.id, asId, start, end, space: 'gpa' },
         books: true,
       };
     }
@@ -200,18 +220,18 @@ export function checkMemslot(r: RegionInput, ctx: MemslotContext): Violation | M
     if (g.kind === 'ebadf') return { rule: 'memslot.gmem-fd', code: 'EBADF', message: `guestMemfd ${r.guestMemfd} is not an open file`, books: true };
     if (g.kind === 'not-gmem') return fail('memslot.gmem-fd', `guestMemfd ${r.guestMemfd} is ${g.what}, not a guest_memfd`, { books: true });
     if (g.kind === 'foreign') return fail('memslot.gmem-owner', `guestMemfd ${r.guestMemfd} belongs to another VM`, { books: true });
-    const end = fileEnd;
-    if (r.guestMemfdOffset >= OFFSET_LIMIT || end > g.size) {
-      return fail('memslot.gmem-bounds', `file range [${hex(r.guestMemfdOffset)}, ${hex(end)}) is past the guest_memfd's end (${hex(g.size)})`);
+    if (offset >= OFFSET_LIMIT || offset + size > Number(g.size)) {
+      return fail('memslot.gmem-bounds', `file range [${hex(r.guestMemfdOffset)}, ${hex(r.guestMemfdOffset + r.memorySize)}) is past the guest_memfd's end (${hex(g.size)})`);
     }
     if (early === 'before-bind') {
       const v = beyondMmu(op, baseGfn, npages, ctx);
       if (v) return v;
     }
-    const pg = r.guestMemfdOffset / page;
+    const pg = offset / page;
     const bound = g.boundSlot(pg, pg + npages);
     if (bound) {
       const code = ctx.gmemBoundCode ?? 'EINVAL';
+      const end = r.guestMemfdOffset + r.memorySize;
       return {
         rule: 'memslot.gmem-bound',
         code,

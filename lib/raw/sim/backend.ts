@@ -38,7 +38,7 @@ const DEFAULT_MAP_WINDOW = (1n << 47n) - PAGE;
 interface SimSlot extends SlotView {
   /** The bound gmem file; cleared when the file is released (the slot stays). */
   file: SimFile | undefined;
-  pgoff: bigint;
+  pgoff: number;
   /** KVM_MEMSLOT_GMEM_ONLY: bound to a gmem with MMAP, whose shared pages come from the gmem. */
   gmemOnly: boolean;
 }
@@ -280,7 +280,7 @@ export class SimBackend implements RawBackend {
   #putVm(vm: SimVm): void {
     if (--vm.refs > 0) return;
     // kvm_destroy_vm -> kvm_free_memslots: every slot unbinds from its gmem.
-    for (const s of vm.slots.values()) s.file?.bindings.remove(Number(s.pgoff), s);
+    for (const s of vm.slots.values()) s.file?.bindings.remove(s.pgoff, s);
     vm.slots.clear();
     vm.byGfn.clear();
   }
@@ -330,7 +330,7 @@ export class SimBackend implements RawBackend {
     // Slots stay (still GUEST_MEMFD) but lose the file; a later fault there is EFAULT.
     for (const s of [...f.bindings.items()]) {
       s.file = undefined;
-      f.bindings.remove(Number(s.pgoff), s);
+      f.bindings.remove(s.pgoff, s);
     }
     if (f.hasStore) f.store.release();
     if (f.vm) this.#putVm(f.vm);
@@ -512,15 +512,15 @@ export class SimBackend implements RawBackend {
     const slot = vm.slots.get(key);
     switch (d.op) {
       case 'delete':
-        idx.remove(Number(slot!.baseGfn), slot!);
-        slot!.file?.bindings.remove(Number(slot!.pgoff), slot!);
+        idx.remove(slot!.baseGfn, slot!);
+        slot!.file?.bindings.remove(slot!.pgoff, slot!);
         vm.slots.delete(key);
         vm.rootGeneration++;
         return;
       case 'move':
-        idx.remove(Number(slot!.baseGfn), slot!);
+        idx.remove(slot!.baseGfn, slot!);
         slot!.baseGfn = d.baseGfn;
-        idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), slot!);
+        idx.insert(d.baseGfn, d.baseGfn + d.npages, slot!);
         return;
       case 'flags':
         slot!.flags = r.flags;
@@ -532,13 +532,13 @@ export class SimBackend implements RawBackend {
         const file = gmem?.kind === 'gmem' ? gmem.file : undefined;
         const s: SimSlot = {
           asId: d.asId, id: d.id, baseGfn: d.baseGfn, npages: d.npages, flags: r.flags,
-          userspaceAddr: r.userspaceAddr, file, pgoff: r.guestMemfdOffset / PAGE,
+          userspaceAddr: r.userspaceAddr, file, pgoff: Number(r.guestMemfdOffset / PAGE),
           gmemOnly: file !== undefined && (file.flags & GuestMemfdFlag.MMAP) !== 0n,
         };
         vm.slots.set(key, s);
         vm.everHadSlot = true;
-        idx.insert(Number(d.baseGfn), Number(d.baseGfn + d.npages), s);
-        if (file) file.bindings.insert(Number(s.pgoff), Number(s.pgoff + s.npages), s);
+        idx.insert(d.baseGfn, d.baseGfn + d.npages, s);
+        if (file) file.bindings.insert(s.pgoff, s.pgoff + s.npages, s);
       }
     }
   }
@@ -559,7 +559,7 @@ export class SimBackend implements RawBackend {
         return s && view(s);
       },
       overlapping: (asId, id, start, end) => {
-        const s = vm.byGfn.get(asId)?.firstOverlap(Number(start), Number(end), (x) => x.id !== id);
+        const s = vm.byGfn.get(asId)?.firstOverlap(start, end, (x) => x.id !== id);
         return s && view(s);
       },
       gmem: (fd): GmemLookup => {
@@ -572,7 +572,7 @@ export class SimBackend implements RawBackend {
           kind: 'ok',
           size: f.size,
           boundSlot: (a, b) => {
-            const s = f.bindings.firstOverlap(Number(a), Number(b));
+            const s = f.bindings.firstOverlap(a, b);
             return s && view(s);
           },
         };
@@ -696,7 +696,7 @@ export class SimBackend implements RawBackend {
     const gmem = (slot.flags & MemFlag.GUEST_MEMFD) !== 0;
     const isPrivate = this.#hasPrivate(vm) && (vm.attributes.get(Number(gfn)) & MemoryAttribute.PRIVATE) !== 0n;
     if (isPrivate || (gmem && slot.gmemOnly)) return gmem && slot.file ? undefined : 'EFAULT';
-    const hva = slot.userspaceAddr + (gfn - slot.baseGfn) * PAGE;
+    const hva = slot.userspaceAddr + (gfn - BigInt(slot.baseGfn)) * PAGE;
     const vma = this.#vmaByAddress.containing(Number(hva));
     return vma && hva - vma.mapping.address < BigInt(vma.mapping.viewLength) ? undefined : 'EFAULT';
   }
