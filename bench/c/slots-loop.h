@@ -1,8 +1,9 @@
 // The loop both C baselines of bench/lab-slots.mjs run: N one-page guest_memfd memslots added
 // (slot i at page i, file page i) and then deleted in ascending order, as
-// KVM_SET_USER_MEMORY_REGION2 calls in a fresh VM. In steps (add or delete slots [from, to)),
-// so that the bench can interleave them with the typed API's: under emulation the machine's
-// speed drifts by 2x within a minute, and only runs side by side see the same machine.
+// KVM_SET_USER_MEMORY_REGION2 calls in one VM (the bench runs it twice). In steps (add or
+// delete slots [from, to)), so that the bench can interleave them with the typed API's: under
+// emulation the machine's speed drifts by 2x within a minute, and only runs side by side see
+// the same machine.
 #pragma once
 #include <errno.h>
 #include <fcntl.h>
