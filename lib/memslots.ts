@@ -580,23 +580,25 @@ interface Prepared {
 }
 
 function readOptions(options: MemslotOptions): Prepared {
-  const o = { ...toOptions(options, 'memslot options') };
-  const asId = o.asId === undefined ? 0 : toInt(o.asId, 'asId', 0, 0xffff);
-  const gpa = toU64(o.guestPhysAddr, 'guestPhysAddr');
-  const size = toU64(o.size, 'size');
-  const gmem = o.guestMemfd;
-  const userspace = o.userspace;
+  // Each option read once, into a local (a getter runs once; no copy of the object is made).
+  const {
+    asId: asIdOption, guestPhysAddr, size: sizeOption, guestMemfd: gmem, userspace, guestMemfdOffset, userspaceOffset: uoffOption,
+    readonly, logDirtyPages, slot: slotOption,
+  } = toOptions(options, 'memslot options');
+  const asId = asIdOption === undefined ? 0 : toInt(asIdOption, 'asId', 0, 0xffff);
+  const gpa = toU64(guestPhysAddr, 'guestPhysAddr');
+  const size = toU64(sizeOption, 'size');
   if (gmem !== undefined && !isGuestMemfd(gmem)) throw new TypeError(`guestMemfd must be a GuestMemfd, got ${typeName(gmem)}`);
   if (userspace !== undefined && !isMapping(userspace)) throw new TypeError(`userspace must be a Mapping, got ${typeName(userspace)}`);
-  if (gmem === undefined && o.guestMemfdOffset !== undefined) throw new TypeError('guestMemfdOffset needs guestMemfd');
-  const gmemOffset = o.guestMemfdOffset === undefined ? 0n : toU64(o.guestMemfdOffset, 'guestMemfdOffset');
-  const userspaceOffset = o.userspaceOffset === undefined ? undefined : toU64(o.userspaceOffset, 'userspaceOffset');
+  if (gmem === undefined && guestMemfdOffset !== undefined) throw new TypeError('guestMemfdOffset needs guestMemfd');
+  const gmemOffset = guestMemfdOffset === undefined ? 0n : toU64(guestMemfdOffset, 'guestMemfdOffset');
+  const userspaceOffset = uoffOption === undefined ? undefined : toU64(uoffOption, 'userspaceOffset');
   let flags = 0;
-  if (toBool(o.readonly, 'readonly')) flags |= MemFlag.READONLY;
-  if (toBool(o.logDirtyPages, 'logDirtyPages')) flags |= MemFlag.LOG_DIRTY_PAGES;
+  if (toBool(readonly, 'readonly')) flags |= MemFlag.READONLY;
+  if (toBool(logDirtyPages, 'logDirtyPages')) flags |= MemFlag.LOG_DIRTY_PAGES;
   if (gmem) flags |= MemFlag.GUEST_MEMFD;
   if (size === 0n) throw new RangeError('size must be > 0 (use delete() to remove a slot)');
-  const slot = o.slot === undefined ? undefined : toInt(o.slot, 'slot', 0, 0xffff);
+  const slot = slotOption === undefined ? undefined : toInt(slotOption, 'slot', 0, 0xffff);
   return {
     asId, slot, id: -1, guestPhysAddr: gpa, size, guestMemfd: gmem, guestMemfdOffset: gmemOffset, userspace, userspaceOffset,
     userspaceAddr: 0n, flags, made: false, region: undefined, vm: undefined, books: undefined, gfn: 0, npages: 0, filePage: 0,
