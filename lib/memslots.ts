@@ -403,7 +403,7 @@ export class MemslotBooks {
         return s && viewOf(s);
       },
       overlapping: (asId, id, start, end) => {
-        const s = this.#byGfn.get(asId)?.index.firstOverlap(start, end, (x) => x.id !== id);
+        const s = this.#byGfn.get(asId)?.index.firstOverlap(start, end, this.get(id, asId));
         return s && viewOf(s);
       },
       gmem: () => {
@@ -629,6 +629,31 @@ function deleteRegion(key: number): RegionInput {
   return { v2: true, slot: key, flags: 0, guestPhysAddr: 0n, memorySize: 0n, userspaceAddr: 0n, guestMemfdOffset: 0n, guestMemfd: 0 };
 }
 
+/**
+ * Slot keys ((asId << 16) | id) as bits, an array of 65,536 bits per address space, kept for
+ * the table's life: the slots a deleteMany() run has queued. (A Set per call cost its hashing
+ * and growth on every batch.)
+ */
+class KeyBits {
+  #spaces = new Map<number, Uint32Array>();
+
+  #words(key: number): Uint32Array {
+    const asId = key >>> 16;
+    let w = this.#spaces.get(asId);
+    if (!w) this.#spaces.set(asId, (w = new Uint32Array(2048)));
+    return w;
+  }
+  has(key: number): boolean {
+    return (this.#words(key)[(key & 0xffff) >>> 5]! & (1 << (key & 31))) !== 0;
+  }
+  add(key: number): void {
+    this.#words(key)[(key & 0xffff) >>> 5]! |= 1 << (key & 31);
+  }
+  delete(key: number): void {
+    this.#words(key)[(key & 0xffff) >>> 5]! &= ~(1 << (key & 31));
+  }
+}
+
 /** A run of batch entries booked but not yet sent: their slots, regions and positions. */
 class Run {
   slots: Memslot[] = [];
@@ -658,6 +683,8 @@ export class MemslotTable {
   readonly #ctx: VmContext;
   readonly #books: MemslotBooks;
   readonly #pageSize: number;
+  /** The slots the running deleteMany() has queued (empty between calls). */
+  readonly #queued = new KeyBits();
 
   /** @hidden made with its VM */
   constructor(token: symbol, ctx: VmContext) {
@@ -826,27 +853,27 @@ export class MemslotTable {
     const entries = listOf(slots, 'slots');
     const books = this.#books;
     const run = new Run();
-    const keys = new Set<number>();
+    const queued = this.#queued;
     for (let i = 0; i < entries.length; i++) {
       try {
         const key = this.#target(entries[i]!, asId);
         const s = books.get(key & 0xffff, key >>> 16);
-        if (!s || keys.has(key)) {
+        if (!s || queued.has(key)) {
           // No such slot (yet, or any more): the single call, which explains it.
-          this.#flushDeletes(run, keys);
+          this.#flushDeletes(run);
           this.delete(key & 0xffff, key >>> 16);
         } else {
           // A slot the kernel has (the books are its state): every rule of a delete holds
           // (memslot.delete-missing is the only one a size-0 region of a valid id can break).
-          keys.add(key);
+          queued.add(key);
           run.push(s, deleteRegion(key), i);
         }
       } catch (e) {
-        this.#flushDeletes(run, keys);
+        this.#flushDeletes(run);
         throw withIndex(e, i);
       }
     }
-    this.#flushDeletes(run, keys);
+    this.#flushDeletes(run);
   }
 
   /** The (asId << 16) | id that delete() acts on; TypeError/RangeError for anything else. */
@@ -867,10 +894,13 @@ export class MemslotTable {
   }
 
   /** A run's deletions, to the kernel: the books forget the slots it deleted. */
-  #flushDeletes(run: Run, keys: Set<number>): void {
+  #flushDeletes(run: Run): void {
     const error = this.#flush(run);
-    for (let k = 0; k < run.done; k++) this.#books.remove(run.slots[k]!);
-    keys.clear();
+    for (let k = 0; k < run.slots.length; k++) {
+      const s = run.slots[k]!;
+      this.#queued.delete(keyOf(s.asId, s.id));
+      if (k < run.done) this.#books.remove(s);
+    }
     run.end(error);
   }
 
@@ -945,7 +975,7 @@ export class MemslotTable {
     p.books = books;
     p.gfn = d.baseGfn;
     p.npages = d.npages;
-    p.filePage = p.guestMemfd ? Number(p.guestMemfdOffset / books.page) : 0;
+    p.filePage = p.guestMemfd ? Math.floor(Number(p.guestMemfdOffset) / this.#pageSize) : 0; // (aligned: exact)
     const slot = new Memslot(CREATE, p as SlotInit);
     books.insert(slot, d);
     return slot;

@@ -210,10 +210,12 @@ export class BTree<V> {
     if (parent.keys.length > MAX) this.#split(parent, depth - 1);
   }
 
-  delete(key: number): boolean {
+  /** Removes `key`; its value, or undefined when it was not there. */
+  delete(key: number): V | undefined {
     const leaf = this.#descend(key, true);
     const i = floorIndex(leaf.keys, key);
-    if (i < 0 || leaf.keys[i] !== key) return false;
+    if (i < 0 || leaf.keys[i] !== key) return undefined;
+    const value = leaf.values[i];
     if (i === 0) {
       leaf.keys.shift();
       leaf.values.shift();
@@ -225,7 +227,7 @@ export class BTree<V> {
     this.#leaf = undefined; // the cursor may point into what moved
     if (leaf.keys.length === 0) this.#removeEmpty(leaf, this.#depth);
     else if (i === 0) this.#fixMin(this.#depth, leaf.keys[0]!);
-    return true;
+    return value;
   }
 
   /** Unlinks an empty node (the child at path[depth - 1]) from its parent, and empty parents from theirs. */

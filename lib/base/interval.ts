@@ -208,10 +208,14 @@ export class IntervalIndex<T> {
    * it had, or -1.
    */
   remove(start: number, item: T): number {
-    const slot = this.#tree.get(start);
-    if (slot === undefined || this.#items[slot] !== item) return -1;
+    // One descent: deleted first, put back in the (unexpected) case that it held another item.
+    const slot = this.#tree.delete(start);
+    if (slot === undefined) return -1;
+    if (this.#items[slot] !== item) {
+      this.#tree.set(start, slot);
+      return -1;
+    }
     const end = this.#bounds[2 * slot + 1]!;
-    this.#tree.delete(start);
     this.#items[slot] = undefined;
     this.#free.push(slot);
     this.#walk(start, end, slot, false);
@@ -256,16 +260,16 @@ export class IntervalIndex<T> {
   }
 
   /**
-   * The slot of the first interval (by start) overlapping [start, end) whose item passes
-   * `filter`, or -1. (`filter` must not call into this index: the walk uses the tree's one
-   * cursor.)
+   * The slot of the first interval (by start) overlapping [start, end) whose item is not
+   * `except`, or -1. (An item to skip rather than a predicate: a predicate naming the caller's
+   * value is a closure made on every memslot add.)
    */
-  #firstOverlapSlot(start: number, end: number, filter?: (item: T) => boolean): number {
+  #firstOverlapSlot(start: number, end: number, except?: T): number {
     const t = this.#tree;
     let ok = t.seekFloor(start) || t.seekCeil(start);
     while (ok && t.cursorKey < end) {
       const n = t.cursorValue!;
-      if (this.#bounds[2 * n + 1]! > start && (!filter || filter(this.#items[n]!))) return n;
+      if (this.#bounds[2 * n + 1]! > start && (except === undefined || this.#items[n] !== except)) return n;
       ok = t.advance();
     }
     return -1;
@@ -312,9 +316,9 @@ export class IntervalIndex<T> {
     return this.#bounds[2 * n]!;
   }
 
-  /** The first interval (by start) overlapping [start, end) that passes `filter` (see #firstOverlapSlot). */
-  firstOverlap(start: number, end: number, filter?: (item: T) => boolean): T | undefined {
-    const n = this.#firstOverlapSlot(start, end, filter);
+  /** The first interval (by start) overlapping [start, end) whose item is not `except`. */
+  firstOverlap(start: number, end: number, except?: T): T | undefined {
+    const n = this.#firstOverlapSlot(start, end, except);
     return n < 0 ? undefined : this.#items[n];
   }
 

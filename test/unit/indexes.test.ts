@@ -64,7 +64,11 @@ describe('IntervalIndex', () => {
         const want = ivs.map((iv, i) => [iv, i] as const).filter(([[a, b]]) => a < q + qlen && q < b).sort((x, y) => x[0][0] - y[0][0]).map(([, i]) => i);
         expect([...idx.overlapping(q, q + qlen)]).toEqual(want);
         for (let i = 0; i < ivs.length; i += 2) expect(idx.remove(ivs[i]![0], i)).toBeGreaterThanOrEqual(0);
-        if (ivs.length > 1) expect(idx.remove(ivs[1]![0], 0)).toBe(-1); // another item starts there
+        if (ivs.length > 1) {
+          expect(idx.remove(ivs[1]![0], 0)).toBe(-1); // another item starts there: it stays
+          expect(idx.containing(ivs[1]![0])).toBe(1);
+          expect(idx.firstOverlap(ivs[1]![0], ivs[1]![1])).toBe(1);
+        }
         expect(idx.count).toBe(ivs.length - Math.ceil(ivs.length / 2));
       }),
       { numRuns: 200 },
@@ -119,7 +123,10 @@ describe('BTree', () => {
           if (add) {
             t.set(k, k * 3);
             m.set(k, k * 3);
-          } else expect(t.delete(k)).toBe(m.delete(k));
+          } else {
+            expect(t.delete(k)).toBe(m.get(k)); // the value it held, or undefined
+            m.delete(k);
+          }
         }
         const keys = [...m.keys()].sort((a, b) => a - b);
         expect([...t.entries()].map(([k]) => k)).toEqual(keys);

@@ -559,7 +559,7 @@ export class SimBackend implements RawBackend {
         return s && view(s);
       },
       overlapping: (asId, id, start, end) => {
-        const s = vm.byGfn.get(asId)?.firstOverlap(start, end, (x) => x.id !== id);
+        const s = vm.byGfn.get(asId)?.firstOverlap(start, end, vm.slots.get((asId << 16) | id));
         return s && view(s);
       },
       gmem: (fd): GmemLookup => {
