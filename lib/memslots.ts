@@ -221,7 +221,7 @@ class SpaceBooks {
   #gmemIds = new Map<GuestMemfd, { id: number; slots: number }>();
   #freeIds: number[] = [];
 
-  insert(slot: Memslot, page: bigint): void {
+  insert(slot: Memslot, pageSize: number): void {
     const gfn = gfnOf(slot);
     const n = this.index.insert(gfn, gfn + pagesOf(slot), slot);
     if (this.rows.length < 4 * (n + 1)) {
@@ -232,7 +232,7 @@ class SpaceBooks {
     const r = 4 * n;
     this.rows[r] = gfn;
     this.rows[r + 1] = filePageOf(slot);
-    this.rows[r + 2] = slot.userspaceAddr === 0n ? 0 : Number(slot.userspaceAddr / page);
+    this.rows[r + 2] = slot.userspaceAddr === 0n ? 0 : Number(slot.userspaceAddr) / pageSize; // (aligned: exact)
     this.rows[r + 3] = slot.guestMemfd ? this.#gmemId(slot.guestMemfd) : 0;
   }
 
@@ -422,7 +422,7 @@ export class MemslotBooks {
     this.#count++;
     let sp = this.#byGfn.get(slot.asId);
     if (!sp) this.#byGfn.set(slot.asId, (sp = new SpaceBooks()));
-    sp.insert(slot, this.page);
+    sp.insert(slot, this.#pageSize);
     if (slot.guestMemfd) {
       let f = this.#byFile.get(slot.guestMemfd);
       if (!f) this.#byFile.set(slot.guestMemfd, (f = new IntervalIndex()));
@@ -439,7 +439,7 @@ export class MemslotBooks {
     const sp = this.#byGfn.get(slot.asId)!;
     if (move) sp.remove(slot);
     placeSlot(slot, move ? BigInt(d.baseGfn) * this.page : slot.guestPhysAddr, move ? d.baseGfn : gfnOf(slot), flags);
-    if (move) sp.insert(slot, this.page);
+    if (move) sp.insert(slot, this.#pageSize);
   }
 
   remove(slot: Memslot): void {
@@ -975,7 +975,7 @@ export class MemslotTable {
     p.books = books;
     p.gfn = d.baseGfn;
     p.npages = d.npages;
-    p.filePage = p.guestMemfd ? Math.floor(Number(p.guestMemfdOffset) / this.#pageSize) : 0; // (aligned: exact)
+    p.filePage = p.guestMemfd ? Number(p.guestMemfdOffset) / this.#pageSize : 0; // (the kernel took it: aligned, exact)
     const slot = new Memslot(CREATE, p as SlotInit);
     books.insert(slot, d);
     return slot;

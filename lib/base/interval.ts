@@ -27,7 +27,23 @@ import { BTree } from './btree.js';
 const NONE = -1;
 const EMPTY_KEY = -1;
 const DELETED_KEY = -2;
-const REGION = [2 ** 9, 2 ** 18, 2 ** 27]; // region sizes in keys, finest first
+const SHIFT = [9, 18, 27]; // log2 of the region sizes, finest first
+const REGION = SHIFT.map((s) => 2 ** s); // region sizes in keys
+
+/**
+ * floor(x / 2^shift) for an integer 0 <= x < 2^53: a shift where x fits in 31 bits (guest
+ * frames below 8 TiB), else a division. Under emulation a double division, and the rounding
+ * after it, are library calls each (50-130 ns, an integer operation about 20); the index
+ * computes several of these per memslot add and delete.
+ */
+function floorShift(x: number, shift: number): number {
+  return x <= 0x7fffffff ? x >> shift : Math.floor(x / (1 << shift));
+}
+
+/** ceil(x / 2^shift), as floorShift(). */
+function ceilShift(x: number, shift: number): number {
+  return floorShift(x + ((1 << shift) - 1), shift);
+}
 
 /**
  * Open addressing (linear probing, at most a quarter full) from region numbers (non-negative
@@ -68,8 +84,10 @@ class RegionTable {
   }
 
   #home(key: number): number {
-    const lo = key % 4294967296;
-    const hi = (key - lo) / 4294967296;
+    // The low 32 bits of an integer below 2^53 (ToUint32 is exact modulo 2^32), and the high
+    // ones with a division only past 2^31 (a double remainder is an fmod call).
+    const lo = key >>> 0;
+    const hi = key > 0x7fffffff ? (key - lo) / 4294967296 : 0;
     let x = lo ^ Math.imul(hi, 0x85ebca6b);
     x = Math.imul(x ^ (x >>> 16), 0x85ebca6b);
     x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
@@ -233,12 +251,13 @@ export class IntervalIndex<T> {
     let hi = 0;
     for (let level = REGION.length - 1; level >= 0; level--) {
       const size = REGION[level]!;
-      const first = level === 0 ? Math.floor(start / size) : Math.ceil(start / size);
-      const last = level === 0 ? Math.ceil(end / size) : Math.floor(end / size);
+      const shift = SHIFT[level]!;
+      const first = level === 0 ? floorShift(start, shift) : ceilShift(start, shift);
+      const last = level === 0 ? ceilShift(end, shift) : floorShift(end, shift);
       if (first >= last) continue;
       const table = this.#levels[level]!;
       for (let r = first; r < last; r++) {
-        if (r * size >= lo && (r + 1) * size <= hi) r = hi / size - 1; // held by a coarser region
+        if (r * size >= lo && (r + 1) * size <= hi) r = floorShift(hi, shift) - 1; // held by a coarser region
         else if (claim) table.claim(r, slot, start, end);
         else this.#release(table, r);
       }
@@ -285,7 +304,7 @@ export class IntervalIndex<T> {
   slotContaining(key: number): number {
     const levels = this.#levels;
     const fine = levels[0]!;
-    const r = Math.floor(key / 512);
+    const r = floorShift(key, 9);
     const i = fine.find(r);
     const v = i < 0 ? NONE : fine.values[4 * i + 2]!;
     if (v >= 0) {
@@ -300,9 +319,9 @@ export class IntervalIndex<T> {
       return key < this.#bounds[2 * n + 1]! ? n : -1;
     }
     // Coarser regions are claimed only by an interval that covers them whole.
-    const w = levels[1]!.get(Math.floor(key / 262144));
+    const w = levels[1]!.get(floorShift(key, 18));
     if (w >= 0) return w;
-    const x = levels[2]!.get(Math.floor(key / 134217728));
+    const x = levels[2]!.get(floorShift(key, 27));
     return x >= 0 ? x : -1;
   }
 

@@ -97,14 +97,15 @@ const TWO_64 = 2 ** 64;
 const MAX_NR_PAGES = Number(KVM_MEM_MAX_NR_PAGES);
 
 /**
- * Whether the u64 `x` (`n` is Number(x)) is a multiple of the page size: on the double where it
- * is exact, with a BigInt remainder only for values past 2^53. A page-aligned u64 is exact as
- * a double (at most 52 significant bits), and so is the sum of two: after the alignment
- * checks, the rules below do their arithmetic on doubles, making no BigInt (each BigInt
- * result is an allocation, and this runs before every memslot call).
+ * Whether the u64 `x` (`n` is Number(x)) is a multiple of the page size (a power of two):
+ * from the low 32 bits of the double where it is exact (ToInt32 of an integer is exact modulo
+ * 2^32), with a BigInt remainder only past 2^53. A page-aligned u64 is exact as a double (at
+ * most 52 significant bits), and so is the sum of two: after the alignment checks, the rules
+ * below do their arithmetic on doubles, making no BigInt (each BigInt result is an allocation,
+ * and this runs before every memslot call).
  */
 function aligned(x: bigint, n: number, page: number, pageBig: bigint): boolean {
-  return n < 2 ** 53 ? Math.floor(n / page) * page === n : x % pageBig === 0n;
+  return n < 2 ** 53 ? (n & (page - 1)) === 0 : x % pageBig === 0n;
 }
 
 function decide(op: MemslotOp, asId: number, id: number, baseGfn: number, npages: number, existing: SlotView | undefined): MemslotDecision {

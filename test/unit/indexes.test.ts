@@ -80,7 +80,10 @@ describe('IntervalIndex point lookups across its region levels', () => {
   test('containing agrees with a linear scan around 2 MiB, 1 GiB and 512 GiB region edges, through inserts and removes in any order', () => {
     const G = 2 ** 18; // pages in 1 GiB
     const T = 2 ** 27; // pages in 512 GiB
-    const edge = fc.oneof(fc.nat(3000), fc.integer({ min: G - 600, max: G + 600 }), fc.integer({ min: 3 * G - 10, max: 3 * G + 10 }), fc.integer({ min: T - 700, max: T + 700 }));
+    // Also around 2^31 (where the index stops shifting and divides) and the top of the gfn space.
+    const far = (at: number) => fc.integer({ min: at - 2 * T - 700, max: at + 700 });
+    const edge = fc.oneof(fc.nat(3000), fc.integer({ min: G - 600, max: G + 600 }), fc.integer({ min: 3 * G - 10, max: 3 * G + 10 }), fc.integer({ min: T - 700, max: T + 700 }),
+      far(2 ** 31), fc.integer({ min: 2 ** 31 - 1100, max: 2 ** 31 + 10 }), far(2 ** 52 - 2 * T - 2000));
     const len = fc.oneof(fc.integer({ min: 1, max: 1100 }), fc.integer({ min: G - 2, max: 2 * G + 2 }), fc.integer({ min: T - 2, max: T + 600 }));
     fc.assert(
       fc.property(fc.array(fc.tuple(edge, len), { maxLength: 14 }), fc.array(fc.nat(13), { maxLength: 10 }), (raw, removals) => {
