@@ -120,6 +120,9 @@ async function labSuite(lab, spec) {
       argv: [process.execPath, vitest, 'run', '--project', 'kvm', ...withoutProjects(), '--reporter=./test/reporters/progress.ts', '--reporter=json', `--outputFile.json=${json}`],
     });
     out.write(`lab: boot ${(r.bootMs / 1000).toFixed(1)} s, suite ${(r.commandMs / 1000).toFixed(0)} s, exit status ${r.status}\n`);
+    // A suite that ended without its report was killed (137: SIGKILL, the guest's OOM killer
+    // among others): the guest kernel's last console lines say by what.
+    if (r.status !== 0 && !existsSync(json)) err.write(`lab: the suite ended with exit status ${r.status} and no report; the guest console's last lines:\n${r.consoleTail}\n`);
     return { name: label(r.release), counts: counts(json, r.status) };
   } catch (e) {
     if (!(e instanceof lab.LabError)) throw e;
