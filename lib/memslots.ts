@@ -260,6 +260,44 @@ class SpaceBooks {
 }
 
 /**
+ * Slot keys ((asId << 16) | id) as bits, 65,536 per address space: the books' used ids (for
+ * the lowest free one) and the slots a deleteMany() run has queued (a Set per call cost its
+ * hashing and growth on every batch).
+ */
+class KeyBits {
+  #spaces = new Map<number, Uint32Array>();
+
+  #words(asId: number): Uint32Array {
+    let w = this.#spaces.get(asId);
+    if (!w) this.#spaces.set(asId, (w = new Uint32Array(2048)));
+    return w;
+  }
+  has(key: number): boolean {
+    return (this.#words(key >>> 16)[(key & 0xffff) >>> 5]! & (1 << (key & 31))) !== 0;
+  }
+  add(key: number): void {
+    this.#words(key >>> 16)[(key & 0xffff) >>> 5]! |= 1 << (key & 31);
+  }
+  delete(key: number): void {
+    this.#words(key >>> 16)[(key & 0xffff) >>> 5]! &= ~(1 << (key & 31));
+  }
+  clear(): void {
+    this.#spaces.clear();
+  }
+  /** The lowest id of `asId` whose bit is clear (undefined when all 65,536 are set). */
+  lowestClear(asId: number): number | undefined {
+    const b = this.#words(asId);
+    for (let w = 0; w < b.length; w++) {
+      if (b[w] !== 0xffffffff) {
+        const lowestZero = ~b[w]! & (b[w]! + 1);
+        return w * 32 + (31 - Math.clz32(lowestZero));
+      }
+    }
+    return undefined;
+  }
+}
+
+/**
  * The VM's memslot books: slots by id, by guest frame per address space, and per gmem by file
  * page. Changed only after the backend accepted a change, so they equal the kernel's state.
  * Internal: the public face is MemslotTable.
@@ -275,7 +313,7 @@ export class MemslotBooks {
   #byGfn = new Map<number, SpaceBooks>();
   #byFile = new Map<GuestMemfd, IntervalIndex<Memslot>>();
   /** Used slot ids of each address space (bitmaps, for the lowest free id). */
-  #used = new Map<number, Uint32Array>();
+  #used = new KeyBits();
   /** Mappings the books made for slots given no host memory: unmapped with their last slot. */
   #own = new Set<Mapping>();
 
@@ -429,7 +467,7 @@ export class MemslotBooks {
       const pg = filePageOf(slot);
       f.insert(pg, pg + pagesOf(slot), slot);
     }
-    this.#bitmap(slot.asId)[slot.id >>> 5]! |= 1 << (slot.id & 31);
+    this.#used.add(keyOf(slot.asId, slot.id));
     if (slot.userspace) pinMapping(slot.userspace, slot);
   }
 
@@ -453,7 +491,7 @@ export class MemslotBooks {
       f?.remove(filePageOf(slot), slot);
       if (f && f.count === 0) this.#byFile.delete(slot.guestMemfd);
     }
-    this.#bitmap(slot.asId)[slot.id >>> 5]! &= ~(1 << (slot.id & 31));
+    this.#used.delete(keyOf(slot.asId, slot.id));
     if (slot.userspace) this.#unpin(slot.userspace, slot);
   }
 
@@ -524,22 +562,9 @@ export class MemslotBooks {
     return ids;
   }
 
-  #bitmap(asId: number): Uint32Array {
-    let b = this.#used.get(asId);
-    if (!b) this.#used.set(asId, (b = new Uint32Array(2048)));
-    return b;
-  }
-
   lowestFree(asId: number): number | undefined {
-    const b = this.#bitmap(asId);
-    for (let w = 0; w < b.length; w++) {
-      if (b[w] !== 0xffffffff) {
-        const lowestZero = ~b[w]! & (b[w]! + 1);
-        const slot = w * 32 + (31 - Math.clz32(lowestZero));
-        return slot < KVM_USER_MEM_SLOTS ? slot : undefined;
-      }
-    }
-    return undefined;
+    const id = this.#used.lowestClear(asId);
+    return id !== undefined && id < KVM_USER_MEM_SLOTS ? id : undefined;
   }
 }
 
@@ -627,31 +652,6 @@ function withIndex(e: unknown, index: number): unknown {
 /** The region that deletes slot `key` ((asId << 16) | id). */
 function deleteRegion(key: number): RegionInput {
   return { v2: true, slot: key, flags: 0, guestPhysAddr: 0n, memorySize: 0n, userspaceAddr: 0n, guestMemfdOffset: 0n, guestMemfd: 0 };
-}
-
-/**
- * Slot keys ((asId << 16) | id) as bits, an array of 65,536 bits per address space, kept for
- * the table's life: the slots a deleteMany() run has queued. (A Set per call cost its hashing
- * and growth on every batch.)
- */
-class KeyBits {
-  #spaces = new Map<number, Uint32Array>();
-
-  #words(key: number): Uint32Array {
-    const asId = key >>> 16;
-    let w = this.#spaces.get(asId);
-    if (!w) this.#spaces.set(asId, (w = new Uint32Array(2048)));
-    return w;
-  }
-  has(key: number): boolean {
-    return (this.#words(key)[(key & 0xffff) >>> 5]! & (1 << (key & 31))) !== 0;
-  }
-  add(key: number): void {
-    this.#words(key)[(key & 0xffff) >>> 5]! |= 1 << (key & 31);
-  }
-  delete(key: number): void {
-    this.#words(key)[(key & 0xffff) >>> 5]! &= ~(1 << (key & 31));
-  }
 }
 
 /** A run of batch entries booked but not yet sent: their slots, regions and positions. */
